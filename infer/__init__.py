@@ -1,0 +1,1 @@
+"""Inference: a task-agnostic volume-synthesis engine, its tasks, evaluation and the command line."""

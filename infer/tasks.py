@@ -1,0 +1,63 @@
+"""Task specifications: everything task-specific is data here, the engine has no task code paths.
+
+This module is the one place that names the BraTS modalities and holds the BraSyn normalisation statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BRATS_MODALITIES: tuple[str, ...] = ("t1c", "t1n", "t2f", "t2w")
+"""BraTS MRI modalities in the order the published BraSyn generator uses (channel index = position)."""
+
+
+@dataclass(frozen=True)
+class ZScoreNorm:
+    """Dataset-level intensity normalisation of one modality.
+
+    Forward: negatives -> 0, clip at `clip_max`, z-score with `mean`/`std`, voxels that were 0 -> `background`.
+    Inverse: x * std + mean, negatives -> 0.
+    """
+
+    clip_max: float
+    mean: float
+    std: float
+    background: float = -1.0
+
+
+BRASYN_NORMALIZATION: dict[str, ZScoreNorm] = {
+    # 99.5th percentile of non-zero voxels; mean/std after clipping (BraTS 2025 GLI+MET training set).
+    "t1c": ZScoreNorm(clip_max=8664.0, mean=1066.3375, std=1301.7006),
+    "t1n": ZScoreNorm(clip_max=7315.0, mean=781.2247, std=944.3418),
+    "t2f": ZScoreNorm(clip_max=8842.0, mean=510.9852, std=769.4159),
+    "t2w": ZScoreNorm(clip_max=8233.0, mean=673.4393, std=804.3864),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a synthesis task is, as data.
+
+    modalities: every channel the model knows, in model order.
+    min_inputs / max_inputs: how many of them a case must provide.
+    normalization: default per-modality statistics (a checkpoint's own statistics take precedence).
+    default_views: slicing views used when neither the user nor the checkpoint says otherwise.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    min_inputs: int
+    max_inputs: int
+    normalization: dict[str, ZScoreNorm] = field(default_factory=dict)
+    default_views: tuple[str, ...] = ("axial",)
+
+
+BRASYN = TaskSpec(
+    name="brasyn",
+    modalities=BRATS_MODALITIES,
+    min_inputs=3,
+    max_inputs=3,
+    normalization=BRASYN_NORMALIZATION,
+    default_views=("axial",),
+)
+
+TASKS: dict[str, TaskSpec] = {BRASYN.name: BRASYN}

@@ -1,0 +1,1 @@
+"""Networks: HF-GAN slice generator, PatchGAN discriminator, slice segmenter, 3D refiner, checkpoint format."""

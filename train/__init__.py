@@ -1,0 +1,1 @@
+"""Training package (see the training issue)."""
