@@ -61,3 +61,10 @@ BRASYN = TaskSpec(
 )
 
 TASKS: dict[str, TaskSpec] = {BRASYN.name: BRASYN}
+
+VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
+"""Slicing views; the position is the view index the generator's view embedding receives.
+
+For a volume array indexed [i, j, k] (nibabel order): axial slices are [:, :, k] (H=i, W=j), sagittal slices
+are [i, :, :] (H=j, W=k) and coronal slices are [:, j, :] (H=i, W=k), as in the published BraSyn pipeline.
+"""
