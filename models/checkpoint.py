@@ -1,0 +1,138 @@
+"""Checkpoint format: a folder with `model.safetensors` (weights) and `config.json` (everything else).
+
+config.json holds the network kind and its architecture sizes, the modality names in channel order, the
+normalisation statistics, the task, the views the model was trained on and the training provenance, so a
+model can be rebuilt and run without code changes. Loading never unpickles: safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from infer.tasks import ZScoreNorm
+from models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from models.generator import GeneratorConfig, HFGANGenerator
+from models.refiner import Refiner3D, RefinerConfig
+from models.segmenter import SegmenterConfig, SliceSegmenter
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
+    "generator": (HFGANGenerator, GeneratorConfig),
+    "discriminator": (PatchDiscriminator, DiscriminatorConfig),
+    "segmenter": (SliceSegmenter, SegmenterConfig),
+    "refiner": (Refiner3D, RefinerConfig),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything about a model except its weights and architecture sizes."""
+
+    kind: str
+    task: str
+    modalities: tuple[str, ...]
+    normalization: dict[str, ZScoreNorm] = field(default_factory=dict)
+    views: tuple[str, ...] = ("axial",)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "task": self.task, "modalities": list(self.modalities),
+                "normalization": {m: asdict(n) for m, n in self.normalization.items()},
+                "views": list(self.views), "provenance": self.provenance}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckpointMeta:
+        return cls(kind=data["kind"], task=data["task"], modalities=tuple(data["modalities"]),
+                   normalization={m: ZScoreNorm(**n) for m, n in data.get("normalization", {}).items()},
+                   views=tuple(data.get("views", ("axial",))), provenance=dict(data.get("provenance", {})))
+
+
+def kind_of(model: nn.Module) -> str:
+    for kind, (cls, _) in NETWORKS.items():
+        if isinstance(model, cls):
+            return kind
+    raise CheckpointError(f"no checkpoint kind for {type(model).__name__}")
+
+
+def build_network(kind: str, arch: dict[str, Any]) -> nn.Module:
+    """Instantiate a network of `kind` from its architecture dict (unknown keys are an error)."""
+    if kind not in NETWORKS:
+        raise CheckpointError(f"unknown network kind {kind!r}; known: {', '.join(NETWORKS)}")
+    cls, config_cls = NETWORKS[kind]
+    known = {f.name for f in fields(config_cls)}
+    unknown = set(arch) - known
+    if unknown:
+        raise CheckpointError(f"unknown {kind} config keys: {', '.join(sorted(unknown))}")
+    return cls(config_cls(**arch))
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
+    """Write `path/model.safetensors` and `path/config.json`; each file is replaced atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if meta.kind != kind_of(model):
+        raise CheckpointError(f"meta says {meta.kind!r} but the model is a {kind_of(model)}")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = {"format_version": FORMAT_VERSION, "arch": asdict(model.config), **meta.to_json()}
+    with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as tmp:
+        tmp_weights = Path(tmp.name)
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    os.replace(tmp_weights, path / WEIGHTS_FILE)
+    with tempfile.NamedTemporaryFile("w", dir=path, suffix=".tmp", delete=False) as tmp:
+        json.dump(config, tmp, indent=1)
+    os.replace(tmp.name, path / CONFIG_FILE)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint folder."""
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint folder (no {CONFIG_FILE})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: invalid JSON ({err})") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: unsupported format_version {config.get('format_version')!r}")
+    return config
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", kind: str | None = None) -> nn.Module:
+    """Rebuild the network from `path`, load its weights strictly, move it to `device`, return it in eval().
+
+    The returned module carries `.config` (its architecture dataclass) and `.meta` (CheckpointMeta).
+    """
+    config = read_config(path)
+    meta = CheckpointMeta.from_json(config)
+    if kind is not None and meta.kind != kind:
+        raise CheckpointError(f"{path}: holds a {meta.kind}, expected a {kind}")
+    model = build_network(meta.kind, config["arch"])
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{weights}: unreadable weights ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights}: weights do not match the config ({str(err).splitlines()[0]})") from None
+    model.meta = meta
+    return model.to(device).eval()
