@@ -1,0 +1,571 @@
+"""Evaluate synthesised BraTS modalities (and trivial baselines) against the reference scans.
+
+Command line::
+
+    python -m infer.evaluate --pred OUT --reference REF [--segmentations SEGDIR] [--baselines]
+                             [--report report.html|report.md] [--csv per_case.csv] [--modalities t2f ...]
+
+Layout: ``REF/<case>/<case>-{t1c,t1n,t2f,t2w}.nii.gz`` (+ optional ``<case>-seg.nii.gz``); predictions are flat,
+``OUT/<case>-<modality>.nii.gz``, and every modality found for a case is scored. Segmentations of the completed
+cases, when given, are ``SEGDIR/<case>.nii.gz`` or ``SEGDIR/<case>-seg.nii.gz``.
+
+Results are rows, one per (case, source, modality): source ``prediction``, ``baseline_mean``, ``baseline_copy``
+(see `infer.baselines`) with the image metrics of `infer.metrics.image_metrics`, and source ``segmentation``
+(modality ``all``) with the Dice/NSD/HD95 of `infer.segmetrics.segmentation_metrics`. A reference case without
+any prediction gets a ``missing`` row and is reported; an unreadable or mismatched file gets a one-line error
+naming the case and the file, the run goes on, and the command exits non-zero at the end.
+
+`evaluate` is the same pipeline as a function (predictions from a folder or from memory), for training
+validation; `infer.metrics.image_metrics` scores a single volume pair.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from infer.baselines import BASELINES
+from infer.metrics import IMAGE_METRICS, image_metrics, percentile_normalize
+from infer.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
+from infer.tasks import BRATS_MODALITIES
+
+PREDICTION = "prediction"
+SEGMENTATION = "segmentation"
+TUMOUR_TYPES: tuple[str, ...] = ("GLI", "MET", "MEN")
+ROW_KEYS: tuple[str, ...] = ("case", "tumour_type", "source", "modality", "status", "detail")
+SEG_COLUMNS: tuple[str, ...] = seg_metric_names()
+METRIC_COLUMNS: tuple[str, ...] = (*IMAGE_METRICS, *SEG_COLUMNS)
+CSV_COLUMNS: tuple[str, ...] = (*ROW_KEYS, *METRIC_COLUMNS)
+SUMMARY_COLUMNS: tuple[str, ...] = ("group", "source", "modality", "metric", "n", "mean", "std", "median")
+
+Predictions = Mapping[str, Mapping[str, np.ndarray]]
+"""In-memory predictions: case -> modality -> raw volume."""
+
+
+def baseline_source(name: str) -> str:
+    """Row source of a baseline (``baseline_<name>``)."""
+    return f"baseline_{name}"
+
+
+def tumour_type(case: str) -> str:
+    """``GLI``, ``MET`` or ``MEN`` when the case name contains it as a token (``BraTS-MET-00001-000``), else ``other``."""
+    for t in TUMOUR_TYPES:
+        if re.search(rf"(?:^|[-_]){t}(?:[-_]|$)", case, flags=re.IGNORECASE):
+            return t
+    return "other"
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxel array (as stored, 3D) and voxel spacing in mm of a NIfTI file; raises on any problem."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {data.shape}")
+    return np.asarray(data), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def reference_cases(reference_dir: Path) -> dict[str, Path]:
+    """Case name -> folder, for every sub-folder of `reference_dir` holding ``<case>-<modality>.nii.gz`` files."""
+    cases = {}
+    for d in sorted(p for p in Path(reference_dir).iterdir() if p.is_dir()):
+        if any((d / f"{d.name}-{m}.nii.gz").exists() for m in (*BRATS_MODALITIES, "seg")):
+            cases[d.name] = d
+    return cases
+
+
+def _empty_row(case: str, source: str, modality: str, status: str = "ok", detail: str = "") -> dict:
+    row: dict = {"case": case, "tumour_type": tumour_type(case), "source": source, "modality": modality,
+                 "status": status, "detail": detail}
+    row.update({k: math.nan for k in METRIC_COLUMNS})
+    return row
+
+
+@dataclass
+class EvaluationResult:
+    """Rows of an evaluation run plus what went wrong. `errors` non-empty means the command fails."""
+
+    rows: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    reference_dir: Path | None = None
+    predictions: Path | Predictions | None = None
+
+    @property
+    def ok_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "ok"]
+
+    @property
+    def missing(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "missing"]
+
+    def summary(self) -> list[dict]:
+        """Summary statistics; see `summarize`."""
+        return summarize(self.rows)
+
+    def middle_slices(self, row: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """Middle axial slice (percentile-normalised to [0, 1]) of the reference and of the row's volume."""
+        case, mod, source = row["case"], row["modality"], row["source"]
+        ref, pred = self._volumes(case, mod, source)
+        k = ref.shape[2] // 2
+        return percentile_normalize(ref)[:, :, k], percentile_normalize(pred)[:, :, k]
+
+    def _volumes(self, case: str, mod: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+        assert self.reference_dir is not None
+        case_dir = Path(self.reference_dir) / case
+        ref, _ = load_volume(case_dir / f"{case}-{mod}.nii.gz")
+        if source == PREDICTION:
+            if isinstance(self.predictions, Mapping):
+                return ref, np.asarray(self.predictions[case][mod])
+            assert self.predictions is not None
+            return ref, load_volume(Path(self.predictions) / f"{case}-{mod}.nii.gz")[0]
+        name = source.removeprefix("baseline_")
+        inputs = {m: load_volume(case_dir / f"{case}-{m}.nii.gz")[0] for m in BRATS_MODALITIES if m != mod}
+        return ref, BASELINES[name](inputs, mod)
+
+
+class _Case:
+    """Lazily loaded reference files of one case; failures become one-line errors."""
+
+    def __init__(self, name: str, folder: Path, report: Callable[[str], None]):
+        self.name, self.folder, self._report = name, folder, report
+        self._cache: dict[str, tuple[np.ndarray, tuple[float, ...]] | None] = {}
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{self.name}-{key}.nii.gz"
+
+    def get(self, key: str, required: bool = True) -> tuple[np.ndarray, tuple[float, ...]] | None:
+        if key not in self._cache:
+            p = self.path(key)
+            if not p.exists():
+                if required:
+                    self._report(f"{self.name}: reference file missing: {p}")
+                self._cache[key] = None
+            else:
+                try:
+                    self._cache[key] = load_volume(p)
+                except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                    self._report(f"{self.name}: cannot read {p}: {_one_line(e)}")
+                    self._cache[key] = None
+        return self._cache[key]
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _find_segmentation(seg_dir: Path, case: str) -> Path | None:
+    for name in (f"{case}.nii.gz", f"{case}-seg.nii.gz"):
+        if (seg_dir / name).exists():
+            return seg_dir / name
+    return None
+
+
+def evaluate(
+    reference_dir: str | Path,
+    predictions: str | Path | Predictions | None = None,
+    segmentation_dir: str | Path | None = None,
+    baselines: Iterable[str] = (),
+    modalities: Sequence[str] = BRATS_MODALITIES,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    border_crop: int = 0,
+    cases: Iterable[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Score predictions (a flat folder, or in-memory ``{case: {modality: volume}}``) and/or baselines.
+
+    reference_dir: BraTS-layout folder. baselines: names from `infer.baselines.BASELINES` (each modality of
+    `modalities` is synthesised from the other reference modalities). segmentation_dir: segmentations of the
+    completed cases, scored per region against the reference ``-seg``. cases: restrict to these case names.
+    log: where one-line errors and warnings go as they happen (default: stderr, above the progress bar).
+    Returns an `EvaluationResult`; it never raises for a bad case file (see its ``errors``).
+    """
+    from tqdm import tqdm
+
+    reference_dir = Path(reference_dir)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
+    bad_mods = [m for m in modalities if m not in BRATS_MODALITIES]
+    if bad_mods:
+        raise ValueError(f"unknown modalities {bad_mods}; known: {BRATS_MODALITIES}")
+    baselines = list(baselines)
+    if log is None:
+        def log(msg: str) -> None:
+            tqdm.write(msg, file=sys.stderr)
+
+    pred_dir = Path(predictions) if isinstance(predictions, (str, Path)) else None
+    result = EvaluationResult(reference_dir=reference_dir, predictions=pred_dir if pred_dir else predictions)
+
+    def error(msg: str) -> None:
+        if msg in result.errors:  # e.g. one bad input file seen by several baselines
+            return
+        result.errors.append(msg)
+        log(f"error: {msg}")
+
+    def warn(msg: str) -> None:
+        result.warnings.append(msg)
+        log(f"warning: {msg}")
+
+    if not reference_dir.is_dir():
+        error(f"reference folder not found: {reference_dir}")
+        return result
+    if pred_dir is not None and not pred_dir.is_dir():
+        error(f"prediction folder not found: {pred_dir}")
+        return result
+    seg_dir = Path(segmentation_dir) if segmentation_dir is not None else None
+    if seg_dir is not None and not seg_dir.is_dir():
+        error(f"segmentation folder not found: {seg_dir}")
+        return result
+
+    found = reference_cases(reference_dir)
+    if cases is not None:
+        wanted = list(cases)
+        for c in wanted:
+            if c not in found:
+                error(f"{c}: no reference case folder in {reference_dir}")
+        found = {c: found[c] for c in wanted if c in found}
+    if pred_dir is not None:
+        _report_unmatched(pred_dir, found, warn)
+    elif isinstance(predictions, Mapping):
+        for c in predictions:
+            if c not in found:
+                warn(f"{c}: prediction has no reference case")
+
+    for name, folder in tqdm(found.items(), desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
+        case = _Case(name, folder, error)
+        seg_entry = case.get("seg", required=False)
+        ref_seg = seg_entry[0] if seg_entry is not None else None  # unreadable: reported, metrics go on
+
+        if predictions is not None:
+            _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop, error)
+        for b in baselines:
+            _score_baseline(result, case, b, modalities, ref_seg, border_crop, error)
+        if seg_dir is not None:
+            _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, error)
+    return result
+
+
+def _report_unmatched(pred_dir: Path, found: Mapping[str, Path], warn: Callable[[str], None]) -> None:
+    pattern = re.compile(rf"^(?P<case>.+)-(?P<mod>{'|'.join(BRATS_MODALITIES)})\.nii\.gz$")
+    for p in sorted(pred_dir.iterdir()):
+        m = pattern.match(p.name)
+        if m is None:
+            warn(f"ignoring {p}: not named <case>-<modality>.nii.gz")
+        elif m["case"] not in found:
+            warn(f"{m['case']}: prediction {p} has no reference case")
+
+
+def _check_shape(case: str, what: Path | str, vol: np.ndarray, ref: np.ndarray, error: Callable[[str], None]) -> bool:
+    if vol.shape != ref.shape:
+        error(f"{case}: shape mismatch {what}: {vol.shape} vs reference {ref.shape}")
+        return False
+    return True
+
+
+def _image_row(result: EvaluationResult, case: _Case, source: str, mod: str, pred: np.ndarray, ref: np.ndarray,
+               ref_seg: np.ndarray | None, border_crop: int, what: str, error: Callable[[str], None]) -> None:
+    if ref_seg is not None and ref_seg.shape != ref.shape:
+        error(f"{case.name}: shape mismatch {case.path('seg')}: {ref_seg.shape} vs reference {ref.shape}")
+        ref_seg = None
+    try:
+        metrics = image_metrics(pred, ref, ref_seg, border_crop=border_crop)
+    except Exception as e:  # noqa: BLE001
+        error(f"{case.name}: cannot score {what}: {_one_line(e)}")
+        result.rows.append(_empty_row(case.name, source, mod, "error", _one_line(e)))
+        return
+    row = _empty_row(case.name, source, mod)
+    row.update(metrics)
+    result.rows.append(row)
+
+
+def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
+                       modalities: Sequence[str], ref_seg: np.ndarray | None, border_crop: int,
+                       error: Callable[[str], None]) -> None:
+    if pred_dir is not None:
+        files = {m: pred_dir / f"{case.name}-{m}.nii.gz" for m in modalities}
+        files = {m: p for m, p in files.items() if p.exists()}
+        available = list(files)
+    else:
+        given = predictions.get(case.name, {})  # type: ignore[union-attr]
+        available = [m for m in modalities if m in given]
+    if not available:
+        where = pred_dir if pred_dir is not None else "the given predictions"
+        mods = "|".join(modalities)
+        result.rows.append(_empty_row(case.name, PREDICTION, "", "missing", f"no {case.name}-{{{mods}}} in {where}"))
+        return
+    for mod in available:
+        ref_entry = case.get(mod)
+        if pred_dir is not None:
+            what = str(files[mod])
+            try:
+                pred = load_volume(files[mod])[0]
+            except Exception as e:  # noqa: BLE001
+                error(f"{case.name}: cannot read {files[mod]}: {_one_line(e)}")
+                result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", _one_line(e)))
+                continue
+        else:
+            what = f"in-memory prediction {mod}"
+            pred = np.asarray(predictions[case.name][mod])  # type: ignore[index]
+        if ref_entry is None:
+            result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", "reference unreadable or missing"))
+            continue
+        ref = ref_entry[0]
+        if not _check_shape(case.name, what, pred, ref, error):
+            result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", "shape mismatch"))
+            continue
+        _image_row(result, case, PREDICTION, mod, pred, ref, ref_seg, border_crop, what, error)
+
+
+def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities: Sequence[str],
+                    ref_seg: np.ndarray | None, border_crop: int, error: Callable[[str], None]) -> None:
+    source = baseline_source(name)
+    for mod in modalities:
+        ref_entry = case.get(mod)
+        if ref_entry is None:
+            continue
+        ref = ref_entry[0]
+        inputs = {}
+        for m in BRATS_MODALITIES:
+            if m == mod:
+                continue
+            entry = case.get(m)
+            if entry is not None and _check_shape(case.name, case.path(m), entry[0], ref, error):
+                inputs[m] = entry[0]
+        if not inputs:
+            result.rows.append(_empty_row(case.name, source, mod, "error", "no readable input modality"))
+            continue
+        try:
+            pred = BASELINES[name](inputs, mod)
+        except Exception as e:  # noqa: BLE001
+            error(f"{case.name}: baseline {name} for {mod} failed: {_one_line(e)}")
+            result.rows.append(_empty_row(case.name, source, mod, "error", _one_line(e)))
+            continue
+        _image_row(result, case, source, mod, pred, ref, ref_seg, border_crop, f"baseline {name} {mod}", error)
+
+
+def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
+                        ref_entry: tuple[np.ndarray, tuple[float, ...]] | None, tolerance: float,
+                        error: Callable[[str], None]) -> None:
+    path = _find_segmentation(seg_dir, case.name)
+    if path is None:
+        result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "missing",
+                                      f"no {case.name}.nii.gz or {case.name}-seg.nii.gz in {seg_dir}"))
+        return
+    if ref_entry is None:
+        if not case.path("seg").exists():
+            error(f"{case.name}: reference segmentation missing: {case.path('seg')}")
+        result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "error", "no reference segmentation"))
+        return
+    ref_seg, spacing = ref_entry
+    try:
+        seg, _ = load_volume(path)
+    except Exception as e:  # noqa: BLE001
+        error(f"{case.name}: cannot read {path}: {_one_line(e)}")
+        result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "error", _one_line(e)))
+        return
+    if not _check_shape(case.name, path, seg, ref_seg, error):
+        result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "error", "shape mismatch"))
+        return
+    row = _empty_row(case.name, SEGMENTATION, "all")
+    row.update(segmentation_metrics(np.rint(seg).astype(np.int16), ref_seg, spacing, tolerance))
+    result.rows.append(row)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Summary and output
+
+
+def _source_order(source: str) -> tuple[int, str]:
+    order = {PREDICTION: 0, SEGMENTATION: 9}
+    return order.get(source, 5), source
+
+
+def summarize(rows: Sequence[Mapping], metrics: Sequence[str] = METRIC_COLUMNS) -> list[dict]:
+    """Mean, population std and median of each metric per (group, source, modality) over the ``ok`` rows.
+
+    group ``all`` holds every case; when the case names carry a tumour type (GLI/MET/MEN) and more than one
+    group would result, each type also gets its own group. NaN values (metric not applicable) are left out and
+    ``n`` counts the rest; ``+inf`` (PSNR of identical volumes) is kept, so a mean may be inf.
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    types = sorted({r["tumour_type"] for r in ok if r["tumour_type"] in TUMOUR_TYPES})
+    all_types = {r["tumour_type"] for r in ok}
+    groups = ["all"] + (types if types and (len(all_types) > 1 or len(types) > 1) else [])
+    keys = sorted({(r["source"], r["modality"]) for r in ok}, key=lambda k: (_source_order(k[0]), k[1]))
+    out = []
+    for g in groups:
+        for source, mod in keys:
+            sel = [r for r in ok if r["source"] == source and r["modality"] == mod
+                   and (g == "all" or r["tumour_type"] == g)]
+            if not sel:
+                continue
+            for metric in metrics:
+                vals = np.array([float(r[metric]) for r in sel], dtype=np.float64)
+                vals = vals[~np.isnan(vals)]
+                if vals.size == 0:
+                    continue
+                with np.errstate(invalid="ignore"):
+                    std = float(np.std(vals)) if np.all(np.isfinite(vals)) else math.nan
+                out.append({"group": g, "source": source, "modality": mod, "metric": metric, "n": int(vals.size),
+                            "mean": float(np.mean(vals)), "std": std, "median": float(np.median(vals))})
+    return out
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}f}"
+
+
+CONSOLE_IMAGE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "ssim_brain_tumour",
+                                          "psnr", "mae")
+
+
+def format_summary(summary: Sequence[Mapping], metrics: Sequence[str] | None = None) -> str:
+    """Plain-text table: one line per (group, source, modality), ``mean±std`` per metric."""
+    if not summary:
+        return "(no scored cases)"
+    lines = []
+    by_key: dict[tuple[str, str, str], dict[str, Mapping]] = {}
+    for s in summary:
+        by_key.setdefault((s["group"], s["source"], s["modality"]), {})[s["metric"]] = s
+    sections = [("image", metrics or CONSOLE_IMAGE_METRICS), ("segmentation", SEG_COLUMNS)]
+    for title, cols in sections:
+        keys = [k for k, v in by_key.items() if any(c in v for c in cols)]
+        if not keys:
+            continue
+        head = ["group", "source", "modality", "n", *cols]
+        table = []
+        for k in keys:
+            stats = by_key[k]
+            n = max((stats[c]["n"] for c in cols if c in stats), default=0)
+            cells = [f"{_fmt(stats[c]['mean'])}±{_fmt(stats[c]['std'])}" if c in stats else "-" for c in cols]
+            table.append([*k, str(n), *cells])
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+        lines.append(f"{title} metrics (mean±std)")
+        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _csv_value(v) -> str:
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    return str(v)
+
+
+def write_csv(rows: Sequence[Mapping], path: str | Path, columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """Write rows with the given columns (floats in full precision; ``nan``/``inf`` spelled out)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_csv_value(r.get(c, "")) for c in columns])
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def docker_available() -> bool:
+    """Whether a Docker daemon answers (``docker info``)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infer.evaluate",
+        description="Score synthesised BraTS modalities (SSIM, PSNR, MAE, MSE; Dice/NSD/HD95 of segmentations) "
+                    "against the reference, optionally next to trivial baselines.")
+    p.add_argument("--pred", type=Path, help="folder of predictions <case>-<modality>.nii.gz (flat)")
+    p.add_argument("--reference", type=Path, required=True, help="BraTS-layout folder REF/<case>/<case>-<mod>.nii.gz")
+    p.add_argument("--segmentations", type=Path, help="segmentations of the completed cases: <case>[-seg].nii.gz")
+    p.add_argument("--segment", action="store_true",
+                   help="run the BraTS segmentation container on the completed cases (needs Docker; not available)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score the mean and copy baselines for every reference modality")
+    p.add_argument("--modalities", nargs="+", choices=BRATS_MODALITIES, default=list(BRATS_MODALITIES),
+                   help="modalities to score (default: all four)")
+    p.add_argument("--cases", nargs="+", help="only these reference cases")
+    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="NSD tolerance in mm")
+    p.add_argument("--ssim-border-crop", type=int, default=0,
+                   help="voxels dropped at each border before averaging SSIM (0 = torchmetrics 1.9; 5 = older)")
+    p.add_argument("--csv", type=Path, help="per-case CSV to write")
+    p.add_argument("--summary-csv", type=Path, help="summary CSV to write")
+    p.add_argument("--report", type=Path, help="report to write: .md or .html (PNG figures next to it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.segment:
+        if not docker_available():
+            print("error: --segment needs Docker to run the BraTS segmentation container, and Docker is "
+                  "unavailable here; segment the completed cases elsewhere and pass --segmentations", file=sys.stderr)
+        else:
+            print("error: --segment is not implemented; segment the completed cases with the brats package and "
+                  "pass --segmentations", file=sys.stderr)
+        return 2
+    if args.pred is None and not args.baselines:
+        print("error: nothing to evaluate: give --pred and/or --baselines", file=sys.stderr)
+        return 2
+    if args.report is not None and args.report.suffix.lower() not in (".md", ".html", ".htm"):
+        print(f"error: --report must end in .md or .html: {args.report}", file=sys.stderr)
+        return 2
+
+    result = evaluate(
+        args.reference, args.pred, segmentation_dir=args.segmentations,
+        baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
+        nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
+        progress=not args.no_progress)
+    summary = result.summary()
+    if args.csv is not None:
+        write_csv(result.rows, args.csv)
+    if args.summary_csv is not None:
+        write_csv(summary, args.summary_csv, SUMMARY_COLUMNS)
+    if args.report is not None:
+        from infer.report import write_report
+
+        try:
+            write_report(result, args.report, summary=summary)
+        except Exception as e:  # noqa: BLE001 - the metrics are written; a failed figure must not hide them
+            result.errors.append(f"cannot write report {args.report}: {_one_line(e)}")
+            print(f"error: cannot write report {args.report}: {_one_line(e)}", file=sys.stderr)
+
+    print(format_summary(summary))
+    for r in result.missing:
+        print(f"missing: {r['case']} {r['source']}: {r['detail']}")
+    if result.errors:
+        print(f"{len(result.errors)} error(s); see above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
