@@ -41,6 +41,16 @@ class TaskSpec:
     min_inputs / max_inputs: how many of them a case must provide.
     normalization: default per-modality statistics (a checkpoint's own statistics take precedence).
     default_views: slicing views used when neither the user nor the checkpoint says otherwise.
+    targets: the modalities that may be synthesised (empty = any of `modalities`); every target a case lacks
+        is synthesised, so a case must lack at least one.
+    file_name: how an input file and an output file are named, as a format string of `case` and `modality`.
+    output_offset: added after denormalising (output units = denormalised value + offset).
+    output_background: value of the output where the inputs' majority vote says background.
+    output_dtype: numpy dtype name of the written output.
+
+    The output header is the one of the first available input in `modalities` order, with `output_dtype`.
+    An MR -> CT task with CT normalised as HU + 1000 would read: modalities ("t1", "ct"), min_inputs =
+    max_inputs = 1, targets ("ct",), output_offset -1000, output_background -1000.
     """
 
     name: str
@@ -49,6 +59,16 @@ class TaskSpec:
     max_inputs: int
     normalization: dict[str, ZScoreNorm] = field(default_factory=dict)
     default_views: tuple[str, ...] = ("axial",)
+    targets: tuple[str, ...] = ()
+    file_name: str = "{case}-{modality}.nii.gz"
+    output_offset: float = 0.0
+    output_background: float = 0.0
+    output_dtype: str = "float32"
+
+    @property
+    def target_modalities(self) -> tuple[str, ...]:
+        """The modalities that may be synthesised."""
+        return self.targets or self.modalities
 
 
 BRASYN = TaskSpec(
@@ -58,6 +78,9 @@ BRASYN = TaskSpec(
     max_inputs=3,
     normalization=BRASYN_NORMALIZATION,
     default_views=("axial",),
+    file_name="{case}-{modality}.nii.gz",  # inputs and the output alike: no copies of inputs, no suffix
+    output_background=0.0,
+    output_dtype="float32",
 )
 
 TASKS: dict[str, TaskSpec] = {BRASYN.name: BRASYN}
@@ -68,3 +91,6 @@ VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 For a volume array indexed [i, j, k] (nibabel order): axial slices are [:, :, k] (H=i, W=j), sagittal slices
 are [i, :, :] (H=j, W=k) and coronal slices are [:, j, :] (H=i, W=k), as in the published BraSyn pipeline.
 """
+
+VIEW_AXES: dict[str, int] = {"axial": 2, "sagittal": 0, "coronal": 1}
+"""The array axis each view slices along (the convention above); the two other axes keep their order as H, W."""

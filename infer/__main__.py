@@ -1,0 +1,4 @@
+"""`python -m infer`: see `infer.cli`."""
+from infer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Command line: `python -m infer --task brasyn --input IN --output OUT [options]`.
+
+Exit status: 0 when every case of the shard was written or skipped, 1 when a case failed (the others are still
+processed, and a summary names the failures), 2 for a usage or setup error (bad option, checkpoint, folders).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from infer.engine import VolumePredictor, resolve_settings
+from infer.runner import QC_FOLDER, run
+from infer.tasks import TASKS, VIEWS, TaskSpec
+from models.checkpoint import load_model
+
+WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
+"""Bundled checkpoints: `weights/<task>/` beside the package (not relative to the working directory)."""
+
+
+class SetupError(Exception):
+    """A problem that stops the whole run before any case (one line, exit status 2)."""
+
+
+def parse_views(text: str) -> tuple[str, ...]:
+    """'axial, sagittal' -> ('axial', 'sagittal'); checked with the other settings (`EngineSettings`)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'1/4' -> (1, 4); the range is checked by `infer.runner.select_shard`."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    return index, count
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infer",
+        description="Synthesise the missing modality of every case in a folder with a slice generator.",
+        epilog="Inputs: IN/<case>/<case>-<modality>.nii.gz (BraTS layout) or IN/<case>-<modality>.nii.gz (flat). "
+               "Outputs: OUT/<case>-<missing>.nii.gz only, float32, with the affine and header of the first "
+               f"available input in modality order; OUT must lie outside IN. --qc adds OUT/{QC_FOLDER}/<case>.png "
+               "(leave it off for a BraTS container's /output). Exit status: 0 all done, 1 some case failed, "
+               "2 usage or setup error.")
+    parser.add_argument("--task", choices=sorted(TASKS), default="brasyn", help="synthesis task (default: brasyn)")
+    parser.add_argument("--input", "--data_path", dest="input", type=Path, required=True, metavar="IN",
+                        help="folder of cases (never written to)")
+    parser.add_argument("--output", "--output_path", dest="output", type=Path, required=True, metavar="OUT",
+                        help="folder for the synthesised volumes (created if needed)")
+    parser.add_argument("--weights", type=Path, metavar="CKPT",
+                        help="checkpoint folder (config.json + model.safetensors); default: the task's bundled "
+                             "checkpoint, weights/<task>/")
+    parser.add_argument("--views", type=parse_views, metavar="V[,V...]",
+                        help=f"views to average, from {', '.join(VIEWS)}; default: the checkpoint's training "
+                             "views, else the task's")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda when available, else cpu (default: auto)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                        help="slices per forward pass (default: 8)")
+    parser.add_argument("--qc", action="store_true", help=f"also write a QC picture per case to OUT/{QC_FOLDER}/")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
+                        help="process only shard I of N: case i of the sorted list goes to shard i %% N")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    return parser
+
+
+def default_weights(task: TaskSpec) -> Path:
+    """The bundled checkpoint folder of `task`."""
+    path = WEIGHTS_ROOT / task.name
+    if not path.exists():
+        raise SetupError(f"no bundled checkpoint for task {task.name} at {path} yet; pass --weights CKPT")
+    return path
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor:
+    """Load the checkpoint and combine task defaults, checkpoint settings and command-line options."""
+    weights = args.weights or default_weights(task)
+    device = pick_device(args.device)
+    model = load_model(weights, device=device, kind="generator")
+    settings = resolve_settings(task, model, args.views)
+    untrained = [v for v in settings.views if v not in model.meta.views]
+    if model.meta.views and untrained:
+        print(f"note: the checkpoint was trained on {', '.join(model.meta.views)}, not {', '.join(untrained)}",
+              file=sys.stderr)
+    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, progress=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    task = TASKS[args.task]
+    try:
+        predictor = build_predictor(args, task)
+        summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,
+                      qc=args.qc)
+    except (SetupError, ValueError, OSError) as err:  # models.checkpoint.CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for failure in summary.failed:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    return 0 if summary.ok else 1

@@ -1,0 +1,179 @@
+"""The command line end to end: real BraTS case with each modality missing, layouts, shards, skips, QC, errors."""
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from infer import cli
+from infer.cli import main
+from infer.engine import EngineSettings, VolumePredictor
+from infer.intensity import background_vote, foreground
+from infer.runner import run
+from infer.tasks import BRASYN, TaskSpec, ZScoreNorm
+from test_engine import save_tiny_checkpoint
+from test_geometry import CopyModel, synthetic_volumes
+
+CASE = "BraTS-GLI-00000-000"
+SMALL_SHAPE = (14, 12, 9)
+AFFINE = np.array([[-1.0, 0, 0, 13], [0, -1.0, 0, 11], [0, 0, 1.0, -4], [0, 0, 0, 1]])
+
+
+def write_case(root, case, modalities=("t1c", "t1n", "t2w"), flat=False, seed=0, shape=SMALL_SHAPE):
+    """A small synthetic case, int16 like BraTS, each file's header `descrip` naming its modality."""
+    folder = root if flat else root / case
+    folder.mkdir(parents=True, exist_ok=True)
+    for modality, volume in synthetic_volumes(shape, seed, modalities).items():
+        image = nib.Nifti1Image(volume.astype(np.int16), AFFINE)
+        image.header["descrip"] = modality.encode()
+        nib.save(image, folder / f"{case}-{modality}.nii.gz")
+    return folder
+
+
+def snapshot(folder):
+    """Every file under `folder` with its size and modification time."""
+    return {(p, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "small", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def full_size_checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "full", image_size=240)
+
+
+def run_cli(input_dir, output_dir, weights, *extra):
+    return main(["--task", "brasyn", "--input", str(input_dir), "--output", str(output_dir), "--weights", str(weights),
+                 "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize("missing", BRASYN.modalities)
+def test_real_case_with_each_modality_missing(brats_data, full_size_checkpoint, tmp_path, missing):
+    source = brats_data / CASE
+    case_dir = tmp_path / "in" / CASE
+    case_dir.mkdir(parents=True)
+    present = [m for m in BRASYN.modalities if m != missing]
+    for modality in present:
+        (case_dir / f"{CASE}-{modality}.nii.gz").symlink_to(source / f"{CASE}-{modality}.nii.gz")
+    before = snapshot(tmp_path / "in")
+
+    assert run_cli(tmp_path / "in", tmp_path / "out", full_size_checkpoint, "--batch-size", "32") == 0
+
+    assert snapshot(tmp_path / "in") == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{CASE}-{missing}.nii.gz"]
+    inputs = {m: nib.load(case_dir / f"{CASE}-{m}.nii.gz") for m in present}
+    reference = inputs[present[0]]
+    output = nib.load(tmp_path / "out" / f"{CASE}-{missing}.nii.gz")
+    assert output.shape == reference.shape == (240, 240, 155)
+    np.testing.assert_array_equal(output.affine, reference.affine)
+    assert nib.aff2axcodes(output.affine) == ("L", "P", "S")
+    assert output.get_data_dtype() == np.float32
+    data = output.get_fdata(dtype=np.float32)
+    assert np.isfinite(data).all() and (data >= 0).all()
+    background = background_vote([foreground(image.get_fdata(dtype=np.float32)) for image in inputs.values()])
+    assert background.any() and (data[background] == 0).all()
+
+
+def test_flat_layout_and_header_of_the_first_available_input(small_checkpoint, tmp_path):
+    write_case(tmp_path / "in", "a", ("t1n", "t2f", "t2w"), flat=True)
+    write_case(tmp_path / "in", "b", ("t1c", "t1n", "t2f"), flat=True, seed=1)
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-t1c.nii.gz", "b-t2w.nii.gz"]
+    for name, first in (("a-t1c", b"t1n"), ("b-t2w", b"t1c")):
+        output = nib.load(tmp_path / "out" / f"{name}.nii.gz")
+        assert output.header["descrip"].item() == first
+        assert output.get_data_dtype() == np.float32 and output.shape == SMALL_SHAPE
+        np.testing.assert_array_equal(output.affine, AFFINE)
+
+
+def test_shards_split_the_sorted_cases(small_checkpoint, tmp_path):
+    for i, name in enumerate(["e", "a", "d", "b", "c"]):
+        write_case(tmp_path / "in", name, seed=i)
+    for shard in ("0/2", "1/2"):
+        assert run_cli(tmp_path / "in", tmp_path / shard[0], small_checkpoint, "--shard", shard) == 0
+    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["a-t2f.nii.gz", "c-t2f.nii.gz", "e-t2f.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["b-t2f.nii.gz", "d-t2f.nii.gz"]
+
+
+def test_existing_output_is_kept_unless_overwrite(small_checkpoint, tmp_path, capsys):
+    write_case(tmp_path / "in", "a")
+    output = tmp_path / "out" / "a-t2f.nii.gz"
+    output.parent.mkdir()
+    output.write_bytes(b"previous")
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+    assert output.read_bytes() == b"previous"
+    err = capsys.readouterr().err
+    assert "note: a: output exists, skipped (pass --overwrite to replace it)" in err
+    assert "1 case(s): 0 written, 1 skipped (output exists), 0 failed" in err
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint, "--overwrite") == 0
+    assert nib.load(output).shape == SMALL_SHAPE
+    assert sorted(p.name for p in output.parent.iterdir()) == ["a-t2f.nii.gz"]  # no temporary file left
+
+
+def test_qc_picture(small_checkpoint, tmp_path):
+    write_case(tmp_path / "in", "a")
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint, "--qc", "--views", "axial,coronal") == 0
+    assert (tmp_path / "out" / "qc" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_setup_errors_are_one_line(small_checkpoint, tmp_path, monkeypatch, capsys):
+    write_case(tmp_path / "in", "a")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(cli, "WEIGHTS_ROOT", tmp_path / "weights")
+    cases = [
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")], "pass --weights CKPT"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "out"), "--weights",
+          str(small_checkpoint)], "inside the input folder"),
+        (["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"), "--weights", str(small_checkpoint)],
+         "does not exist"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", str(tmp_path)],
+         "not a checkpoint folder"),
+        (["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--weights", str(small_checkpoint)],
+         "no cases in"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", str(small_checkpoint),
+          "--shard", "2/2"], "0 <= I < N"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", str(small_checkpoint),
+          "--views", "axial,oblique"], "unknown view"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "in" / "out").exists() and not (tmp_path / "out").exists()
+
+
+def test_cuda_requested_without_cuda(small_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    write_case(tmp_path / "in", "a")
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights",
+                 str(small_checkpoint), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_help_through_python_dash_m():
+    result = subprocess.run([sys.executable, "-m", "infer", "--help"], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    for option in ("--task", "--input IN", "--output OUT", "--weights CKPT", "--views", "--device", "--batch-size N",
+                   "--qc", "--shard I/N", "--overwrite"):
+        assert option in result.stdout
+
+
+def test_a_ct_like_task_runs_on_the_same_runner(tmp_path):
+    task = TaskSpec(name="mr2ct", modalities=("t1", "ct"), min_inputs=1, max_inputs=1, targets=("ct",),
+                    normalization={"t1": ZScoreNorm(5000.0, 800.0, 900.0), "ct": ZScoreNorm(4000.0, 1000.0, 500.0)},
+                    output_offset=-1000.0, output_background=-1000.0)
+    settings = EngineSettings(modalities=task.modalities, normalization=task.normalization, views=("axial",),
+                              image_size=32, output_offset=task.output_offset,
+                              output_background=task.output_background)
+    write_case(tmp_path / "in", "s1", ("t1",), flat=True)
+    summary = run(task, tmp_path / "in", tmp_path / "out", VolumePredictor(CopyModel(source=0), settings),
+                  progress=False)
+    assert summary.ok and summary.written == 1
+    output = nib.load(tmp_path / "out" / "s1-ct.nii.gz").get_fdata()
+    t1 = nib.load(tmp_path / "in" / "s1-t1.nii.gz").get_fdata()
+    assert (output[t1 == 0] == -1000.0).all() and (output[t1 > 0] > -1000.0).any()
