@@ -26,8 +26,12 @@ class SetupError(Exception):
 
 
 def parse_views(text: str) -> tuple[str, ...]:
-    """'axial, sagittal' -> ('axial', 'sagittal'); checked with the other settings (`EngineSettings`)."""
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+    """'axial, sagittal' -> ('axial', 'sagittal'); the names are checked with the other settings
+    (`EngineSettings`)."""
+    views = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not views:
+        raise argparse.ArgumentTypeError("expected at least one view")
+    return views
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from infer import cli
 from infer.cli import main
 from infer.engine import EngineSettings, VolumePredictor
 from infer.intensity import background_vote, foreground
+from infer.qc import qc_centre
 from infer.runner import run
 from infer.tasks import BRASYN, TaskSpec, ZScoreNorm
 from test_engine import save_tiny_checkpoint
@@ -119,6 +120,16 @@ def test_qc_picture(small_checkpoint, tmp_path):
     write_case(tmp_path / "in", "a")
     assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint, "--qc", "--views", "axial,coronal") == 0
     assert (tmp_path / "out" / "qc" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qc_centre_prefers_the_tumour():
+    brain = np.zeros((10, 8, 6), dtype=bool)
+    brain[2:6, 2:4, 1:3] = True
+    tumour = np.zeros_like(brain)
+    tumour[7, 6, 5] = True
+    assert qc_centre(brain, tumour) == (7, 6, 5)
+    assert qc_centre(brain) == qc_centre(brain, np.zeros_like(brain)) == (4, 2, 2)
+    assert qc_centre(np.zeros_like(brain)) == (5, 4, 3)
 
 
 def test_setup_errors_are_one_line(small_checkpoint, tmp_path, monkeypatch, capsys):
