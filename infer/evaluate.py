@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from infer.baselines import BASELINES
-from infer.metrics import IMAGE_METRICS, image_metrics, percentile_normalize
+from infer.metrics import CHALLENGE_BORDER_CROP, IMAGE_METRICS, image_metrics, percentile_normalize
 from infer.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
 from infer.tasks import BRATS_MODALITIES
 
@@ -180,7 +180,7 @@ def evaluate(
     baselines: Iterable[str] = (),
     modalities: Sequence[str] = BRATS_MODALITIES,
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-    border_crop: int = 0,
+    border_crop: int = CHALLENGE_BORDER_CROP,
     cases: Iterable[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -513,8 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="modalities to score (default: all four)")
     p.add_argument("--cases", nargs="+", help="only these reference cases")
     p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="NSD tolerance in mm")
-    p.add_argument("--ssim-border-crop", type=int, default=0,
-                   help="voxels dropped at each border before averaging SSIM (0 = torchmetrics 1.9; 5 = older)")
+    p.add_argument("--ssim-border-crop", type=int, default=CHALLENGE_BORDER_CROP,
+                   help="voxels dropped at each border before averaging the challenge SSIM (default "
+                        f"{CHALLENGE_BORDER_CROP}, as the organisers' scoring; 0 = torchmetrics 1.9)")
     p.add_argument("--csv", type=Path, help="per-case CSV to write")
     p.add_argument("--summary-csv", type=Path, help="summary CSV to write")
     p.add_argument("--report", type=Path, help="report to write: .md or .html (PNG figures next to it)")

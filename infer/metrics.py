@@ -18,7 +18,8 @@ SSIM implementation. `ssim_map` reproduces torchmetrics (version pinned in tests
 Gaussian window of ``int(3.5 * sigma + 0.5) * 2 + 1`` taps (11 for sigma 1.5), reflect padding by half a window,
 ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with ``L = max(ptp(pred), ptp(target))`` when no data range is given, local
 variances clamped at 0, and the mean over the full-size map (torchmetrics 1.9 no longer crops the border; older
-releases cropped half a window at each border, which ``border_crop=5`` reproduces). The 11^3 Gaussian is applied
+releases cropped half a window at each border, which ``border_crop=5`` reproduces). The challenge scores use
+`CHALLENGE_BORDER_CROP` = 5, the setting of the torchmetrics release the BraSyn organisers scored with. The 11^3 Gaussian is applied
 as three 1D passes (shift-and-add in float32), and only on the bounding box of the voxels that are non-zero in
 either input, grown by the window: a window that sees only zeros has SSIM exactly 1 (``C1 C2 / (C1 C2)``), in
 torchmetrics too, so the result is the same while a BraTS volume takes about a second on a CPU.
@@ -43,6 +44,8 @@ from infer.regions import REGION_NAMES, region_mask, tumour_mask
 SSIM_SIGMA: float = 1.5
 SSIM_K1: float = 0.01
 SSIM_K2: float = 0.03
+CHALLENGE_BORDER_CROP: int = 5
+"""Voxels dropped at each border before averaging the challenge SSIM (the organisers' torchmetrics release)."""
 
 IMAGE_METRICS: tuple[str, ...] = (
     "ssim_healthy",
@@ -273,7 +276,7 @@ def challenge_ssim(
     pred: np.ndarray,
     reference: np.ndarray,
     seg: np.ndarray | None,
-    border_crop: int = 0,
+    border_crop: int = CHALLENGE_BORDER_CROP,
     normalized: bool = False,
 ) -> dict[str, float]:
     """The BraSyn scoring SSIM: ``{"ssim_healthy": ..., "ssim_tumour": ...}``.
@@ -333,7 +336,7 @@ def image_metrics(
     pred: np.ndarray,
     reference: np.ndarray,
     seg: np.ndarray | None = None,
-    border_crop: int = 0,
+    border_crop: int = CHALLENGE_BORDER_CROP,
 ) -> dict[str, float]:
     """Every image metric of one synthesised volume against its reference (raw intensities, same shape).
 
