@@ -51,6 +51,9 @@ class GeneratorConfig:
             raise ValueError(f"fusion_gate must be one of {FUSION_GATES}, got {self.fusion_gate!r}")
         if self.num_modalities < 2:
             raise ValueError("the generator needs at least two modalities")
+        width = self.dim * self.dim_mults[-1]
+        if width < 4 or width % 2 or width % self.num_heads:
+            raise ValueError(f"bottleneck width {width} must be even, at least 4 and divisible by {self.num_heads} heads")
         if self.image_size % 2 ** (len(self.dim_mults) - 1):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2^{len(self.dim_mults) - 1}")
 

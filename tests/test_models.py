@@ -85,6 +85,12 @@ def test_per_sample_availability_is_vectorised():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(dim=2, dim_mults=(1,)), dict(dim=8, num_heads=3), dict(image_size=250)])
+def test_invalid_sizes_are_rejected_early(kwargs):
+    with pytest.raises(ValueError):
+        GeneratorConfig(**kwargs)
+
+
 def test_generator_is_deterministic_in_eval():
     model = HFGANGenerator(GeneratorConfig(dim=8, dropout=0.1)).eval()
     x, available, target = batch(model.config, 2)
