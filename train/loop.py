@@ -1,0 +1,203 @@
+"""The GAN training run: build, (resume,) iterate batches, log, checkpoint, validate, write the final models.
+
+Single process or `torchrun` (DDP; only rank 0 writes). The run folder (`run.output`) holds `config.yaml`,
+`state.pt` (resumable state: weights, optimizers, step, RNG; rewritten every `run.checkpoint_every` steps and
+when the run stops), `log.csv` and `curves.png` (every loss and the learning rate per step), `validation.csv`
+and `validation-<step>.png`, and at the end `generator/` and `discriminator/` in the models checkpoint format.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from models.generator import GeneratorConfig, HFGANGenerator
+from train.cases import get_task
+from train.config import Config, ConfigError
+from train.curves import CsvLog, plot_curves
+from train.distributed import DistContext, barrier, init_distributed, mean_over_ranks, shutdown
+from train.gan import FeatureGenerator, GanModels, GanUpdate
+from train.run import RunData, build_data, image_size, make_loader, now, prepare_output, provenance, total_steps
+from train.sampler import ShardedBatches
+from train.schedule import scaled_lr, warmup_cosine
+from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.validate import engine_settings, plot_samples, validate, validation_plan
+
+
+def network_configs(cfg: Config, modalities: int) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    """Generator and discriminator sizes from `model.*`; both take the sample size (`data.crop` or
+    `data.slice_size`) and the number of modalities from the data."""
+    size = image_size(cfg)
+    if cfg.model.generator.get("image_size", size) != size:
+        raise ConfigError(f"model.generator.image_size is set by the data (data.crop or data.slice_size: {size})")
+    try:
+        gen = GeneratorConfig(**{**cfg.model.generator, "num_modalities": modalities, "image_size": size})
+        disc = DiscriminatorConfig(**{**cfg.model.discriminator, "image_size": gen.image_size,
+                                      "num_classes": modalities})
+    except TypeError as err:
+        raise ConfigError(f"model: {err}") from None
+    return gen, disc
+
+
+def load_segmenter(cfg: Config, modalities: int, device: torch.device) -> torch.nn.Module | None:
+    """The frozen segmenter of the Tversky term (None when the term is off)."""
+    if not cfg.loss.tversky:
+        return None
+    if not cfg.loss.segmenter:
+        raise ConfigError("loss.tversky > 0 needs loss.segmenter (a segmenter checkpoint folder)")
+    segmenter = load_model(cfg.loss.segmenter, device, kind="segmenter")
+    if segmenter.config.in_channels != modalities:
+        raise ConfigError(f"the segmenter takes {segmenter.config.in_channels} channels, not {modalities} modalities")
+    return segmenter.requires_grad_(False).eval()
+
+
+def check_validation(cfg: Config) -> None:
+    if cfg.run.validate_every and image_size(cfg) < cfg.data.slice_size:
+        raise ConfigError("validation runs whole volumes through the inference engine, which cannot take a "
+                          "generator trained on crops; set run.validate_every=0 or data.crop=null")
+
+
+class GanRun:
+    """State and side effects of one GAN training run; `fit()` drives it."""
+
+    def __init__(self, cfg: Config, ctx: DistContext, resume: bool) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.started, self.clock = now(), time.monotonic()
+        self.gen_cfg, disc_cfg = network_configs(cfg, len(get_task(cfg.data.task).modalities))
+        check_validation(cfg)
+        self.out = prepare_output(cfg, ctx, resume)
+        self.data: RunData = build_data(cfg, ctx, self.gen_cfg.context_slices)
+        device = ctx.device
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        self.generator = HFGANGenerator(self.gen_cfg).to(device)
+        self.discriminator = PatchDiscriminator(disc_cfg).to(device)
+        if cfg.train.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.discriminator.to(memory_format=torch.channels_last)
+        self.global_batch = cfg.train.batch_size * ctx.world_size
+        self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch, cfg.optim.reference_batch)
+        betas = tuple(cfg.optim.betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.peak_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.peak_lr * cfg.optim.d_lr_factor,
+                                      betas=betas)
+        self.batches = ShardedBatches(len(self.data.dataset), cfg.train.batch_size, ctx.rank, ctx.world_size,
+                                      cfg.train.seed)
+        self.total = total_steps(cfg, self.batches.steps_per_epoch)
+        self.step = 0
+        if resume:
+            self._resume()
+        self.update = GanUpdate(self._wrapped_models(), cfg.loss, self._lr, cfg.optim.d_lr_factor,
+                                cfg.optim.grad_clip, self.gen_cfg.context_slices, self.data.fill, cfg.train.seed,
+                                ctx.rank, cfg.train.random_subsets, cfg.train.amp, cfg.train.channels_last,
+                                self.gen_cfg.num_views > 0)
+        self.log = CsvLog(self.out / "log.csv", self.step if resume else None) if ctx.is_main else None
+        self.val_log = CsvLog(self.out / "validation.csv", self.step if resume else None) if ctx.is_main else None
+
+    def _lr(self, opt_step: int) -> float:
+        modalities = self.gen_cfg.num_modalities
+        total = self.total * modalities
+        warmup = max(math.ceil(self.cfg.optim.warmup_fraction * total), 1)
+        return warmup_cosine(opt_step, total, self.peak_lr, warmup, self.cfg.optim.min_lr_fraction)
+
+    def _wrapped_models(self) -> GanModels:
+        generator: torch.nn.Module = FeatureGenerator(self.generator)
+        discriminator: torch.nn.Module = self.discriminator
+        if self.ctx.distributed:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            generator = DistributedDataParallel(generator, device_ids=ids)
+            discriminator = DistributedDataParallel(discriminator, device_ids=ids)
+        if self.cfg.train.compile:
+            generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+        segmenter = load_segmenter(self.cfg, self.gen_cfg.num_modalities, self.ctx.device)
+        return GanModels(generator, discriminator, self.discriminator, segmenter, self.opt_g, self.opt_d)
+
+    def _state(self) -> dict:
+        return {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step,
+                "epoch_position": list(self.batches.position(self.step)), "train_slices": len(self.data.dataset),
+                "config": self.cfg.to_dict(), "rng": rng_state()}
+
+    def _resume(self) -> None:
+        state = load_state(self.out)
+        check_resume(state, self.cfg.to_dict(), len(self.data.dataset))
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step = state["step"]
+        set_rng_state(state["rng"])
+
+    def checkpoint(self) -> None:
+        if self.ctx.is_main:
+            save_state(self.out, self._state())
+            plot_curves(self.out / "log.csv", self.out / "curves.png")
+
+    def run_validation(self) -> None:
+        cfg = self.cfg
+        if self.ctx.is_main:
+            plan = validation_plan(self.data.val_cases, self.data.modalities, cfg.run.validation_cases,
+                                   cfg.run.validation_all_targets, cfg.data.split_seed)
+            if plan:
+                settings = engine_settings(self.generator, self.data.modalities, self.data.norms, cfg.data.views)
+                metrics, samples = validate(self.generator, settings, plan, str(self.ctx.device),
+                                            cfg.run.validation_batch_size, cfg.run.progress)
+                self.val_log.append({"step": self.step, **metrics})
+                plot_samples(samples, self.out / f"validation-{self.step}.png")
+                plot_curves(self.out / "validation.csv", self.out / "validation-curves.png")
+        barrier(self.ctx)
+
+    def fit(self, stop_after: int | None = None) -> None:
+        """Train up to the configured length (or `stop_after` steps in total), checkpointing on the way."""
+        cfg, ctx = self.cfg, self.ctx
+        stop = min(self.total, stop_after) if stop_after is not None else self.total
+        self.batches.start, self.batches.stop = self.step, stop
+        loader = make_loader(self.data.dataset, self.batches, cfg, ctx.device)
+        bar = tqdm(total=stop, initial=self.step, desc="training", unit="step",
+                   disable=not (ctx.is_main and cfg.run.progress))
+        for batch in loader:
+            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+            logs = mean_over_ranks(self.update(batch, self.step), ctx)
+            self.step += 1
+            if self.log is not None:
+                self.log.append({"step": self.step, **logs})
+            bar.update()
+            bar.set_postfix(l1=f"{logs.get('l1', math.nan):.3f}", g=f"{logs['g_total']:.3f}", lr=f"{logs['lr']:.2e}")
+            if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0 and self.step < stop:
+                self.checkpoint()
+            if cfg.run.validate_every and self.step % cfg.run.validate_every == 0 and self.step < self.total:
+                self.run_validation()
+        bar.close()
+        self.checkpoint()
+        if self.step == self.total:
+            if cfg.run.validate_every:
+                self.run_validation()
+            self.write_models()
+
+    def write_models(self) -> None:
+        """The final generator and discriminator in the models checkpoint format (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        seconds = time.monotonic() - self.clock
+        prov = provenance(self.cfg, self.data, self.step, self.global_batch, self.started, seconds,
+                          optimizer_steps=self.step * self.gen_cfg.num_modalities)
+        for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
+            meta = CheckpointMeta(kind=name, task=self.data.task.name, modalities=self.data.modalities,
+                                  normalization=self.data.norms, views=tuple(self.cfg.data.views), provenance=prov)
+            save_checkpoint(model, self.out / name, meta)
+
+
+def fit(cfg: Config, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Run (or resume) GAN training as configured; returns the run folder."""
+    ctx = init_distributed(cfg.run.device)
+    try:
+        run = GanRun(cfg, ctx, resume)
+        run.fit(stop_after)
+        return run.out
+    finally:
+        shutdown(ctx)

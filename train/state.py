@@ -1,0 +1,62 @@
+"""Resumable training state: one `torch.save` file of plain tensors, dicts, lists, numbers and strings only,
+so it loads with `torch.load(weights_only=True)` (no arbitrary unpickling). Written atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states (CPU, and every CUDA device when present)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
+    path = Path(folder) / STATE_FILE
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save(state, tmp)
+    os.replace(tmp.name, path)
+    return path
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    """The state on the CPU (RNG states must stay there; `load_state_dict` moves the rest)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resume(state: dict[str, Any], config: dict[str, Any], train_slices: int) -> None:
+    """Refuse to resume under another config (the `run` section aside) or on other data."""
+    changed = [k for k in changed_keys(state["config"], config) if not k.startswith("run.")]
+    if changed:
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's at {', '.join(changed)}")
+    if state["train_slices"] != train_slices:
+        raise ValueError(f"cannot resume: the data now gives {train_slices} training slices, "
+                         f"the checkpoint was trained on {state['train_slices']}")
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
