@@ -87,7 +87,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     path.mkdir(parents=True, exist_ok=True)
     if meta.kind != kind_of(model):
         raise CheckpointError(f"meta says {meta.kind!r} but the model is a {kind_of(model)}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # clone: safetensors refuses tensors sharing memory (MONAI DynUNet registers its blocks twice)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     config = {"format_version": FORMAT_VERSION, "arch": asdict(model.config), **meta.to_json()}
     with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as tmp:
         tmp_weights = Path(tmp.name)

@@ -11,6 +11,7 @@ from models.convert import ConversionError, convert_state_dict, infer_config, ma
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.infuser import TransformerLayer
 from models.refiner import Refiner3D
+from models.segmenter import SegmenterConfig, SliceSegmenter
 
 
 def meta(kind="generator"):
@@ -40,6 +41,16 @@ def test_config_json_is_self_describing(tmp_path):
     assert config["kind"] == "refiner" and config["modalities"] == list(BRASYN.modalities)
     assert config["normalization"]["t1c"]["clip_max"] == 8664.0
     assert isinstance(load_model(tmp_path), Refiner3D)
+
+
+def test_segmenter_round_trip(tmp_path):
+    """MONAI's DynUNet registers blocks twice (shared tensors); the checkpoint still saves and reloads."""
+    model = SliceSegmenter(SegmenterConfig(filters=(8, 16, 32, 64))).eval()
+    save_checkpoint(model, tmp_path, meta("segmenter"))
+    loaded = load_model(tmp_path, kind="segmenter")
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
 
 
 def test_load_errors(tmp_path):

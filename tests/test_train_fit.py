@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from infer.engine import VolumePredictor, resolve_settings
 from infer.tasks import BRASYN
-from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from models.checkpoint import load_model
 from models.generator import HFGANGenerator
-from models.segmenter import SegmenterConfig, SliceSegmenter
+from models.segmenter import SliceSegmenter
 from train.__main__ import main
 from train.cases import find_cases, load_case
 from train.config import ConfigError, load_config
@@ -146,24 +146,7 @@ def test_two_process_ddp_keeps_ranks_in_sync_and_only_rank0_writes(common, tmp_p
     assert not list(out.glob("*.tmp"))
 
 
-@pytest.fixture
-def cpu_segmenter_checkpoints(monkeypatch):
-    """Stand-in for a fix requested in models: `save_checkpoint` hands safetensors the state dict as is, and a
-    CPU `SliceSegmenter` (MONAI DynUNet registers its blocks twice, under `skip_layers`) has tensors sharing
-    memory, which safetensors refuses. Saving copies, as the fix would, lets the segmenter path run here."""
-    original = SliceSegmenter.state_dict
-    monkeypatch.setattr(SliceSegmenter, "state_dict",
-                        lambda self, *a, **k: {n: t.clone() for n, t in original(self, *a, **k).items()})
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="models.checkpoint cannot save a CPU SliceSegmenter yet; "
-                   "when this passes, drop the cpu_segmenter_checkpoints stand-in")
-def test_models_checkpoint_saves_a_cpu_segmenter(tmp_path):
-    model = SliceSegmenter(SegmenterConfig(filters=(8, 16, 32, 64)))
-    save_checkpoint(model, tmp_path, CheckpointMeta("segmenter", BRASYN.name, BRASYN.modalities))
-
-
-def test_segmenter_training_feeds_the_tversky_term(common, tmp_path, cpu_segmenter_checkpoints):
+def test_segmenter_training_feeds_the_tversky_term(common, tmp_path):
     seg_out, gan_out = tmp_path / "seg", tmp_path / "gan"
     fit_segmenter(tiny(common, seg_out, "data.min_tumour_fraction=0.001", "train.max_steps=3"))
     segmenter = load_model(seg_out / "segmenter", kind="segmenter")
