@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 
 from infer.engine import VolumePredictor, resolve_settings
+from infer.refine import NO_REFINER, REFINER_FOLDER, load_refiner, refiner_path
 from infer.runner import QC_FOLDER, run
 from infer.tasks import TASKS, VIEWS, TaskSpec
-from models.checkpoint import load_model
+from infer.volumetric import PatchVolumePredictor, patch_settings
+from models.checkpoint import load_model, read_config
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 """Bundled checkpoints: `weights/<task>/` beside the package (not relative to the working directory)."""
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--views", type=parse_views, metavar="V[,V...]",
                         help=f"views to average, from {', '.join(VIEWS)}; default: the checkpoint's training "
                              "views, else the task's")
+    parser.add_argument("--refine", metavar="CKPT",
+                        help="3D refiner checkpoint run once over each stacked synthesis, or 'none'; default: the "
+                             f"generator checkpoint's {REFINER_FOLDER}/ sub-folder when it has one")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available, else cpu (default: auto)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
@@ -100,17 +105,25 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor:
-    """Load the checkpoint and combine task defaults, checkpoint settings and command-line options."""
+def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor | PatchVolumePredictor:
+    """Load the checkpoint (a slice generator, or a full-3D generator by its kind) and combine task defaults,
+    checkpoint settings and command-line options."""
     weights = args.weights or default_weights(task)
     device = pick_device(args.device)
+    if read_config(weights).get("kind") == "generator3d":
+        if args.views or args.refine not in (None, NO_REFINER):
+            raise SetupError("--views and --refine apply to slice generators, not to a full-3D generator")
+        model = load_model(weights, device=device, kind="generator3d")
+        return PatchVolumePredictor(model, patch_settings(task, model), batch_size=args.batch_size, device=device)
     model = load_model(weights, device=device, kind="generator")
     settings = resolve_settings(task, model, args.views)
     untrained = [v for v in settings.views if v not in model.meta.views]
     if model.meta.views and untrained:
         print(f"note: the checkpoint was trained on {', '.join(model.meta.views)}, not {', '.join(untrained)}",
               file=sys.stderr)
-    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, progress=True)
+    refiner = refiner_path(args.refine, weights)
+    refine = None if refiner is None else load_refiner(refiner, settings, device)
+    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, refine=refine, progress=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -434,7 +434,7 @@ def _fmt(v: float, digits: int = 4) -> str:
 
 
 CONSOLE_IMAGE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "ssim_brain_tumour",
-                                          "psnr", "mae")
+                                          "psnr", "mae", "slice_gradient_mae")
 
 
 def format_summary(summary: Sequence[Mapping], metrics: Sequence[str] | None = None) -> str:

@@ -29,6 +29,11 @@ Undefined cases (torchmetrics returns NaN for them), used consistently by every 
 - an empty region (empty tumour mask, no segmentation, an absent ET, an empty brain): the metric over that region
   is NaN ("not applicable"); NaNs are left out of summary statistics.
 PSNR of identical volumes (MSE 0) is ``+inf``, not capped; PSNR uses the data range 1 of the [0, 1] scale.
+
+Slice consistency (`slice_gradient_mae`). Slice-wise synthesis can stripe across the slice axis; the measure is
+the mean absolute difference of the consecutive-slice differences, ``mean |d_z(pred) - d_z(ref)|`` over the
+pairs of neighbouring brain voxels along the axial slice axis, on the [0, 1] scale: 0 when the prediction
+changes from slice to slice as the reference does (a constant offset costs nothing), lower is better.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import torch.nn.functional as F
 
 from infer.intensity import foreground
 from infer.regions import REGION_NAMES, region_mask, tumour_mask
+from infer.tasks import VIEW_AXES
 
 SSIM_SIGMA: float = 1.5
 SSIM_K1: float = 0.01
@@ -57,6 +63,7 @@ IMAGE_METRICS: tuple[str, ...] = (
     "psnr",
     "mae",
     "mse",
+    "slice_gradient_mae",
 )
 """Keys of `image_metrics`, in report order."""
 
@@ -332,6 +339,17 @@ def psnr(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None
     return psnr_from_mse(mse(pred, reference, mask), data_range)
 
 
+def slice_gradient_mae(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
+                       axis: int = VIEW_AXES["axial"]) -> float:
+    """``mean |d(pred) - d(reference)|`` of the differences between consecutive slices along `axis`, over the
+    voxel pairs both inside `mask` (NaN if none) or over all pairs (float64 accumulation)."""
+    d = np.diff(np.asarray(pred, dtype=np.float64) - np.asarray(reference, dtype=np.float64), axis=axis)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        d = d[np.take(m, range(m.shape[axis] - 1), axis=axis) & np.take(m, range(1, m.shape[axis]), axis=axis)]
+    return float(np.mean(np.abs(d))) if d.size else math.nan
+
+
 def image_metrics(
     pred: np.ndarray,
     reference: np.ndarray,
@@ -342,7 +360,8 @@ def image_metrics(
 
     Returns the keys of `IMAGE_METRICS`: challenge ``ssim_healthy``/``ssim_tumour``; brain-only ``ssim_brain``
     and its regions (``ssim_brain_healthy``, ``ssim_brain_tumour``, ``ssim_brain_ET``/``TC``/``WT``; NaN where
-    the region is empty or there is no `seg`); ``psnr``, ``mae``, ``mse`` over the brain on the [0, 1] scale.
+    the region is empty or there is no `seg`); ``psnr``, ``mae``, ``mse`` and ``slice_gradient_mae`` over the
+    brain on the [0, 1] scale.
     The brain is ``reference > 0``. Usable from training validation on numpy volumes.
     """
     pred = np.asarray(pred)
@@ -367,4 +386,5 @@ def image_metrics(
     out["psnr"] = psnr_from_mse(err)
     out["mae"] = mae(p, r, brain)
     out["mse"] = err
+    out["slice_gradient_mae"] = slice_gradient_mae(p, r, brain)
     return {k: out[k] for k in IMAGE_METRICS}

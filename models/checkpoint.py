@@ -20,6 +20,7 @@ from torch import nn
 from infer.tasks import ZScoreNorm
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
+from models.generator3d import Generator3D, Generator3DConfig
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
 
@@ -32,6 +33,7 @@ NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "discriminator": (PatchDiscriminator, DiscriminatorConfig),
     "segmenter": (SliceSegmenter, SegmenterConfig),
     "refiner": (Refiner3D, RefinerConfig),
+    "generator3d": (Generator3D, Generator3DConfig),
 }
 
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m train {stats,prepare,fit,segmenter} ...` (fit and segmenter also under torchrun).
+"""Command line: `python -m train {stats,prepare,fit,segmenter,cache-volumes,refiner,full3d} ...` (fit and
+segmenter also under torchrun; the volumetric commands take `train.config.VolumeConfig` files).
 
 Config keys are overridden with `--set key.sub=value` (repeatable) or directly as `--key.sub=value` /
 `--key.sub value`; values are YAML (`0.001`, `[axial, sagittal]`, `null`).
@@ -12,11 +13,20 @@ from collections.abc import Sequence
 from infer.cases import CaseError
 from train.cache import load_slabs
 from train.cases import find_cases, get_task
-from train.config import Config, ConfigError, load_config
+from train.config import Config, ConfigError, VolumeConfig, load_config
+from train.distributed import pick_device
+from train.generator3d import fit_generator3d
 from train.loop import fit
+from train.refiner import cache_generator_volumes, fit_refiner
 from train.run import normalization, now, training_cases
 from train.segmenter import fit_segmenter
 from train.stats import dataset_statistics, save_stats
+
+VOLUME_COMMANDS: dict[str, str] = {
+    "cache-volumes": "cache the training cases and the frozen 2D generator's volumes (data.cache_dir)",
+    "refiner": "train the residual 3D refiner on the cached 2D generator volumes",
+    "full3d": "train the full-3D patch generator",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "prepare":
             p.add_argument("--resume", action="store_true", help="continue the run in run.output")
             p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
+    for name, text in VOLUME_COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="YAML config (train/configs/refiner.yaml, full3d.yaml); defaults when omitted")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
     return parser
 
 
@@ -77,6 +92,16 @@ def run_prepare(cfg: Config) -> None:
     print(f"{cfg.data.cache_dir}: {len(slabs)} case views ready")
 
 
+def run_volumetric(command: str, cfg: VolumeConfig) -> None:
+    if command == "cache-volumes":
+        cases, _ = cache_generator_volumes(cfg, pick_device(cfg.run.device, 0))
+        print(f"{cfg.data.cache_dir}: {len(cases)} case(s) with the generator's volumes ready")
+    elif command == "refiner":
+        print(f"run folder: {fit_refiner(cfg)}")
+    else:
+        print(f"run folder: {fit_generator3d(cfg)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     try:
@@ -85,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
             run_stats(args)
             return 0
-        cfg = load_config(args.config, [*args.overrides, *dotted_overrides(extra)])
+        overrides = [*args.overrides, *dotted_overrides(extra)]
+        if args.command in VOLUME_COMMANDS:
+            run_volumetric(args.command, load_config(args.config, overrides, VolumeConfig))
+            return 0
+        cfg = load_config(args.config, overrides)
         if args.command == "prepare":
             run_prepare(cfg)
         elif args.command == "fit":

@@ -147,6 +147,104 @@ class Config:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class VolumeDataConfig:
+    """Cases of the volumetric models (3D refiner, full-3D generator).
+
+    roots, task, val_fraction, val_cases, split_seed, require_seg: as in `DataConfig`. stats: statistics of a
+    full-3D generator (a refiner uses its generator's). cache_dir: where each training case is kept normalised
+    and cropped to its brain, with the frozen generator's volumes for a refiner (`python -m train cache-volumes`).
+    """
+
+    roots: list[str] = field(default_factory=list)
+    task: str = "brasyn"
+    stats: str | None = None
+    val_fraction: float = 0.0
+    val_cases: list[str] = field(default_factory=list)
+    split_seed: int = 0
+    require_seg: bool = False
+    cache_dir: str = "runs/volumes"
+
+
+@dataclass
+class VolumeModelConfig:
+    """generator: the frozen 2D generator checkpoint whose volumes a refiner corrects. refiner / generator3d:
+    keyword arguments of `models.refiner.RefinerConfig` / `models.generator3d.Generator3DConfig`."""
+
+    generator: str | None = None
+    refiner: dict[str, Any] = field(default_factory=dict)
+    generator3d: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PatchConfig:
+    """Training patches and the sliding window of inference (the checkpoint records the window).
+
+    size: patch and window side per axis (X, Y, Z). overlap, blend, sigma_scale, window_batch: `overlap`,
+    `mode`, `sigma_scale` and `batch_size` of `infer.volumetric.WindowSettings`.
+    """
+
+    size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    sigma_scale: float = 0.125
+    window_batch: int = 1
+
+
+@dataclass
+class VolumeLossConfig:
+    """Weights of L1 and of 1 - 3D SSIM, both over the reference's brain voxels of a patch."""
+
+    l1: float = 1.0
+    ssim: float = 1.0
+
+
+@dataclass
+class VolumeOptimConfig:
+    """Adam at `lr` with a linear warm-up over `warmup_fraction` of the steps, then one cosine cycle down to
+    `min_lr_fraction` of it; gradients clipped at norm `grad_clip` (0 = off)."""
+
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.0
+
+
+@dataclass
+class VolumeTrainConfig:
+    """steps: optimizer steps, each on `batch_size` random patches; seed: weights and patch sampling."""
+
+    batch_size: int = 2
+    steps: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class VolumeRunConfig:
+    """output: the run folder; device: "auto" (CUDA when present), "cpu" or "cuda"."""
+
+    output: str = "runs/volumetric"
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class VolumeConfig:
+    """A volumetric training configuration (`python -m train cache-volumes|refiner|full3d`)."""
+
+    data: VolumeDataConfig = field(default_factory=VolumeDataConfig)
+    model: VolumeModelConfig = field(default_factory=VolumeModelConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    loss: VolumeLossConfig = field(default_factory=VolumeLossConfig)
+    optim: VolumeOptimConfig = field(default_factory=VolumeOptimConfig)
+    train: VolumeTrainConfig = field(default_factory=VolumeTrainConfig)
+    run: VolumeRunConfig = field(default_factory=VolumeRunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _check_value(value: Any, hint: Any, key: str) -> Any:
     """`value` if it fits the type `hint` (ints are accepted for floats), else ConfigError."""
     origin = typing.get_origin(hint)
@@ -238,9 +336,10 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (with its bases) <- `overrides` (KEY=VALUE strings, dotted keys)."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config) -> Any:
+    """Defaults <- YAML file (with its bases) <- `overrides` (KEY=VALUE strings, dotted keys), as a `schema`
+    (`Config`, or `VolumeConfig` for the volumetric models)."""
     data = read_yaml(path) if path is not None else {}
     for text in overrides:
         data = merge(data, parse_override(text))
-    return from_dict(Config, data)
+    return from_dict(schema, data)
