@@ -44,6 +44,7 @@ class TaskSpec:
     targets: the modalities that may be synthesised (empty = any of `modalities`); every target a case lacks
         is synthesised, so a case must lack at least one.
     file_name: how an input file and an output file are named, as a format string of `case` and `modality`.
+    ignored: names in the `modality` position of files that belong to a case but are not inputs (skipped).
     output_offset: added after denormalising (output units = denormalised value + offset).
     output_background: value of the output where the inputs' majority vote says background.
     output_dtype: numpy dtype name of the written output.
@@ -61,6 +62,7 @@ class TaskSpec:
     default_views: tuple[str, ...] = ("axial",)
     targets: tuple[str, ...] = ()
     file_name: str = "{case}-{modality}.nii.gz"
+    ignored: tuple[str, ...] = ()
     output_offset: float = 0.0
     output_background: float = 0.0
     output_dtype: str = "float32"
@@ -79,6 +81,7 @@ BRASYN = TaskSpec(
     normalization=BRASYN_NORMALIZATION,
     default_views=("axial",),
     file_name="{case}-{modality}.nii.gz",  # inputs and the output alike: no copies of inputs, no suffix
+    ignored=("seg",),  # BraTS training folders carry the tumour labels beside the images
     output_background=0.0,
     output_dtype="float32",
 )

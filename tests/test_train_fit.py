@@ -95,6 +95,12 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run_exactly(common, tmp_p
     fit(tiny(common, resumed, *settings), stop_after=3)
     assert torch.load(resumed / STATE_FILE, weights_only=True)["step"] == 3
     assert not (resumed / "generator").exists()  # no final model before the end
+    fit(tiny(common, resumed, *settings), export=True)  # models from the step-3 state, no training
+    exported = load_model(resumed / "generator")
+    assert exported.meta.provenance["steps"] == 3 and exported.meta.provenance["time"]["exported_at_step"] == 3
+    state = torch.load(resumed / STATE_FILE, weights_only=True)
+    assert state["step"] == 3
+    assert all(torch.equal(v, state["generator"][k]) for k, v in exported.state_dict().items())
     with pytest.raises(ValueError, match="config differs .* optim.lr"):
         fit(tiny(common, resumed, *settings, "optim.lr=0.1"), resume=True)
     fit(tiny(common, resumed, *settings), resume=True)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "prepare":
             p.add_argument("--resume", action="store_true", help="continue the run in run.output")
             p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
+        if name == "fit":
+            p.add_argument("--export", action="store_true",
+                           help="write generator/ and discriminator/ from the run's latest state, without training")
     for name, text in VOLUME_COMMANDS.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML config (train/configs/refiner.yaml, full3d.yaml); defaults when omitted")
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prepare":
             run_prepare(cfg)
         elif args.command == "fit":
-            print(f"run folder: {fit(cfg, args.resume, args.stop_after)}")
+            print(f"run folder: {fit(cfg, args.resume, args.stop_after, args.export)}")
         else:
             print(f"run folder: {fit_segmenter(cfg, args.resume, args.stop_after)}")
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, CaseError) as err:

@@ -179,25 +179,38 @@ class GanRun:
                 self.run_validation()
             self.write_models()
 
-    def write_models(self) -> None:
-        """The final generator and discriminator in the models checkpoint format (rank 0)."""
+    def write_models(self, exported: bool = False) -> None:
+        """The generator and discriminator in the models checkpoint format (rank 0).
+
+        `exported`: written from a resumed state without training, so the time fields say so instead of
+        timing this process."""
         if not self.ctx.is_main:
             return
         seconds = time.monotonic() - self.clock
         prov = provenance(self.cfg, self.data, self.step, self.global_batch, self.started, seconds,
                           optimizer_steps=self.step * self.gen_cfg.num_modalities)
+        if exported:
+            prov["time"] = {"exported": prov["time"]["finished"], "exported_at_step": self.step,
+                            "planned_steps": self.total}
         for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
             meta = CheckpointMeta(kind=name, task=self.data.task.name, modalities=self.data.modalities,
                                   normalization=self.data.norms, views=tuple(self.cfg.data.views), provenance=prov)
             save_checkpoint(model, self.out / name, meta)
 
 
-def fit(cfg: Config, resume: bool = False, stop_after: int | None = None) -> Path:
-    """Run (or resume) GAN training as configured; returns the run folder."""
+def fit(cfg: Config, resume: bool = False, stop_after: int | None = None, export: bool = False) -> Path:
+    """Run (or resume) GAN training as configured; returns the run folder.
+
+    With `export`, train nothing: write the models checkpoints from the run's latest resumable state (their
+    provenance records the step reached); the run can still be resumed afterwards.
+    """
     ctx = init_distributed(cfg.run.device)
     try:
-        run = GanRun(cfg, ctx, resume)
-        run.fit(stop_after)
+        run = GanRun(cfg, ctx, resume or export)
+        if export:
+            run.write_models(exported=True)
+        else:
+            run.fit(stop_after)
         return run.out
     finally:
         shutdown(ctx)

@@ -1,0 +1,202 @@
+"""The container: Dockerfile consistent with the tree, and each task's entrypoint run as the image runs it.
+
+No Docker engine exists on development or CI machines, so the image's /app is rebuilt in a temporary folder
+from the Dockerfile's COPY lines, the entrypoint gets the Dockerfile's ENV (with /app, /opt/venv, /input and
+/output mapped to real folders), and runs as a non-root uid with a read-only input folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from infer.tasks import TASKS
+from models.checkpoint import CheckpointMeta, save_checkpoint
+from models.generator import GeneratorConfig, HFGANGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+"""Drop to uid/gid 65534 as `brats` would run us (its caller's uid). CAP_DAC_READ_SEARCH only lets it read and
+traverse (the interpreter may live under a private home such as /root); it grants no write permission."""
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """Instructions (keyword, arguments) per stage, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword.upper(), args.strip()))
+    return stages
+
+
+def copies(stage: list[tuple[str, str]], task: str) -> list[tuple[str | None, str, str]]:
+    """(from-stage or None, source, destination) of each COPY, with ${TASK} substituted."""
+    out = []
+    for keyword, args in stage:
+        if keyword == "COPY":
+            parts = args.replace("${TASK}", task).split()
+            origin = next((p.split("=", 1)[1] for p in parts if p.startswith("--from=")), None)
+            src, dst = [p for p in parts if not p.startswith("--")]
+            out.append((origin, src, dst))
+    return out
+
+
+def image_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in stage:
+        if keyword == "ENV":
+            for item in args.split():
+                key, value = item.split("=", 1)
+                env[key] = value
+    return env
+
+
+def task_names() -> list[str]:
+    return sorted(p.parent.name for p in (REPO / "docker").glob("*/entrypoint.sh"))
+
+
+def test_every_task_has_an_entrypoint():
+    assert task_names() == sorted(TASKS)
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_dockerfile_matches_the_tree(task):
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage build expected"
+    for stage in stages:
+        for origin, src, _ in copies(stage, task):
+            if origin is None:
+                assert (REPO / src).exists(), f"COPY source {src} missing from the tree"
+    entrypoint = REPO / "docker" / task / "entrypoint.sh"
+    assert entrypoint.stat().st_mode & stat.S_IXUSR, f"{entrypoint} is not executable"
+    final = stages[-1]
+    assert ("ENTRYPOINT", '["/app/entrypoint.sh"]') in final
+    assert (None, f"docker/{task}/entrypoint.sh", "/app/entrypoint.sh") in copies(final, task)
+    assert (REPO / "weights" / task / "config.json").is_file(), f"weights/{task} must hold the task's checkpoint"
+
+
+def test_versions_are_pinned_once():
+    """The image installs requirements.txt (the one place for pins); the Dockerfile pins nothing itself."""
+    requirements = (REPO / "requirements.txt").read_text()
+    assert re.search(r"^torch==\d+\.\d+\.\d+$", requirements, re.M)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY requirements.txt /tmp/requirements.txt" in dockerfile
+    assert "-r /tmp/requirements.txt" in dockerfile
+    assert not re.search(r"\b[\w-]+==\d", dockerfile), "version pins belong in requirements.txt"
+
+
+def test_dockerignore_keeps_what_the_image_copies():
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert ignore[0] == "*" or "*" in ignore
+    for origin, src, _ in copies(dockerfile_stages()[0], "brasyn") + copies(dockerfile_stages()[-1], "brasyn"):
+        if origin is not None:
+            continue
+        top = src.split("/")[0]
+        assert f"!{top}" in ignore or f"!{top}/" in ignore, f"{src} is excluded from the build context"
+
+
+def build_app(root: Path, task: str) -> tuple[Path, dict[str, str]]:
+    """Lay out the image's /app under `root` and return it with the image's environment mapped onto it."""
+    stages = dockerfile_stages()
+    build_sources = {dst: src for origin, src, dst in copies(stages[0], task) if origin is None}
+    app = root / "app"
+    for origin, src, dst in copies(stages[-1], task):
+        if not dst.startswith("/app/"):
+            continue
+        source = REPO / (build_sources[src] if origin else src)
+        target = app / dst.removeprefix("/app/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    venv_bin = str(Path(sys.executable).parent)
+    env = {"PATH": f"{venv_bin}:/usr/bin:/bin"}
+    for key, value in image_env(stages[-1]).items():
+        env[key] = value.replace("$PATH", env["PATH"]).replace("/opt/venv/bin", venv_bin).replace("/app", str(app))
+    return app, env
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def readonly(folder: Path) -> None:
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_entrypoint_runs_like_the_image(task, brats_data):
+    case = "BraTS-GLI-00000-000"
+    root = Path(tempfile.mkdtemp(prefix="brainsyn-image-"))
+    try:
+        root.chmod(0o755)
+        app, env = build_app(root, task)
+        weights = app / "weights" / task
+        if weights.exists():  # a tiny generator keeps the test fast; the contract does not depend on the weights
+            shutil.rmtree(weights)
+        spec = TASKS[task]
+        save_checkpoint(HFGANGenerator(GeneratorConfig(dim=8, num_modalities=len(spec.modalities))), weights,
+                        CheckpointMeta(kind="generator", task=task, modalities=spec.modalities,
+                                       normalization=dict(spec.normalization)))
+        inputs, outputs = root / "input", root / "output"
+        (inputs / case).mkdir(parents=True)
+        for modality in ("t1c", "t1n", "t2f"):
+            shutil.copy(brats_data / case / f"{case}-{modality}.nii.gz", inputs / case)
+        outputs.mkdir()
+        outputs.chmod(0o777)
+        readonly(inputs)
+        readonly(app)
+        before_app, before_in = tree_state(app), tree_state(inputs)
+        env.update(BRAINSYN_INPUT=str(inputs), BRAINSYN_OUTPUT=str(outputs))
+        as_root = os.geteuid() == 0
+        command = (AS_NOBODY if as_root else []) + [str(app / "entrypoint.sh")]
+        result = subprocess.run(command, env=env, cwd=app, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        written = sorted(p.name for p in outputs.iterdir())
+        assert written == [f"{case}-t2w.nii.gz"]
+        out = nib.load(outputs / written[0])
+        ref = nib.load(brats_data / case / f"{case}-t1c.nii.gz")
+        assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+        assert np.isfinite(np.asarray(out.dataobj)).all()
+        if as_root:
+            assert (outputs / written[0]).stat().st_uid == NOBODY
+        assert tree_state(app) == before_app, "the entrypoint wrote into the image's /app"
+        assert tree_state(inputs) == before_in, "the entrypoint wrote into /input"
+    finally:
+        for p in [root, *root.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_legacy_brats_command_line(tmp_path):
+    """`IMAGE infer --data_path=... --output_path=... --parameters_file=...` reaches the engine's options."""
+    script = REPO / "docker" / "run_task.sh"
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake_python.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    result = subprocess.run([str(script), "brasyn", "infer", "--data_path=/mlcube_io0", "--output_path=/mlcube_io2",
+                             "--parameters_file=/mlcube_io3/p.yml"], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["-m", "infer", "--task", "brasyn", "--input", "/input", "--output", "/output",
+                                     "--data_path=/mlcube_io0", "--output_path=/mlcube_io2"]
