@@ -29,6 +29,10 @@ class CaseError(Exception):
         super().__init__(f"{where}: {' '.join(message.split())}")
 
 
+Decoded = dict[str, tuple[nib.Nifti1Image, np.ndarray]]
+"""Inputs of a case as read: modality -> (image, float32 data), not yet validated."""
+
+
 @dataclass(frozen=True)
 class CaseFiles:
     """The files of one case as found on disk: modality -> path, and entries that fit no expected name."""
@@ -52,7 +56,7 @@ def _name_pattern(task: TaskSpec) -> re.Pattern[str]:
     """Regular expression of `task.file_name` with the groups `case` and `modality`."""
     pattern = re.escape(task.file_name)
     pattern = pattern.replace(re.escape("{case}"), "(?P<case>.+)", 1)
-    modalities = "|".join(re.escape(m) for m in task.modalities)
+    modalities = "|".join(re.escape(m) for m in (*task.modalities, *task.ignored))
     return re.compile(pattern.replace(re.escape("{modality}"), f"(?P<modality>{modalities})", 1))
 
 
@@ -71,6 +75,8 @@ def discover_cases(input_dir: Path, task: TaskSpec) -> list[CaseFiles]:
 
     def add(case: str, path: Path, modality: str | None) -> None:
         found = files.setdefault(case, {})
+        if modality in task.ignored:
+            return
         if modality is None or modality in found:
             unknown.setdefault(case, []).append(path)
         else:
@@ -106,38 +112,55 @@ def check_case(case: CaseFiles, task: TaskSpec) -> tuple[str, ...]:
     return targets
 
 
-def load_volume(case: str, path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """The image and its data as float32; CaseError when unreadable, not 3D, not finite or empty."""
+def decode_volume(case: str, path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Read and decode one file: the image (its data not cached) and the data as float32; CaseError when
+    unreadable or not 3D."""
     try:
         image = nib.load(path)
-        data = image.get_fdata(dtype=np.float32) if len(image.shape) == 3 else None
+        data = image.get_fdata(dtype=np.float32, caching="unchanged") if len(image.shape) == 3 else None
     except Exception as err:  # nibabel, gzip and zlib raise many types for corrupt or truncated files
         raise CaseError(case, f"unreadable ({type(err).__name__}: {err})", path) from None
     if data is None:
         raise CaseError(case, f"not a 3D image (shape {image.shape})", path)
+    return image, data
+
+
+def check_volume(case: str, path: Path, data: np.ndarray) -> None:
+    """CaseError when `data` (read from `path`) has NaN or infinite voxels, or none above 0."""
     finite = np.isfinite(data)
     if not finite.all():
         raise CaseError(case, f"{data.size - np.count_nonzero(finite)} voxels are NaN or infinite", path)
     if not foreground(data).any():
         raise CaseError(case, "empty volume (no voxel above 0)", path)
+
+
+def load_volume(case: str, path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its data as float32; CaseError when unreadable, not 3D, not finite or empty."""
+    image, data = decode_volume(case, path)
+    check_volume(case, path, data)
     return image, data
 
 
-def read_case(case: CaseFiles, task: TaskSpec) -> CaseVolumes:
-    """Load and validate every input of `case` (the same shape and affine for all)."""
-    volumes: dict[str, np.ndarray] = {}
-    reference: nib.Nifti1Image | None = None
-    reference_path: Path | None = None
-    for modality in (m for m in task.modalities if m in case.files):
+def decode_case(case: CaseFiles, task: TaskSpec) -> Decoded:
+    """Every input of `case`, read and decoded, keyed by modality in the task's order (checked by
+    `validate_case`)."""
+    decoded = {m: decode_volume(case.name, case.files[m]) for m in task.modalities if m in case.files}
+    if not decoded:
+        raise CaseError(case.name, "no input files")
+    return decoded
+
+
+def validate_case(case: CaseFiles, decoded: Decoded) -> CaseVolumes:
+    """Check the `decode_case` inputs of `case` (finite, not empty, one shape and affine) in order; the first
+    one is the reference."""
+    reference_modality = next(iter(decoded))
+    reference, reference_path = decoded[reference_modality][0], case.files[reference_modality]
+    for modality, (image, data) in decoded.items():
         path = case.files[modality]
-        image, volumes[modality] = load_volume(case.name, path)
-        if reference is None:
-            reference, reference_path = image, path
-        elif image.shape != reference.shape:
+        check_volume(case.name, path, data)
+        if image.shape != reference.shape:
             raise CaseError(case.name, f"shape {image.shape} differs from {reference.shape} of "
                                        f"{reference_path.name}", path)
-        elif not np.allclose(image.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
+        if not np.allclose(image.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
             raise CaseError(case.name, f"affine differs from that of {reference_path.name}", path)
-    if reference is None:
-        raise CaseError(case.name, "no input files")
-    return CaseVolumes(case.name, volumes, reference)
+    return CaseVolumes(case.name, {m: data for m, (_, data) in decoded.items()}, reference)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from infer.engine import VolumePredictor, resolve_settings
+from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE, VolumePredictor, resolve_settings
 from infer.refine import NO_REFINER, REFINER_FOLDER, load_refiner, refiner_path
 from infer.runner import QC_FOLDER, run
 from infer.tasks import TASKS, VIEWS, TaskSpec
 from infer.volumetric import PatchVolumePredictor, patch_settings
+from infer.writer import DEFAULT_COMPRESSION_LEVEL
 from models.checkpoint import load_model, read_config
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
@@ -55,6 +56,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def compression_level(text: str) -> int:
+    """'0' .. '9' -> the gzip level of the outputs."""
+    if text not in tuple("0123456789"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a gzip level from 0 (none) to 9 (smallest)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m infer",
@@ -80,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                              f"generator checkpoint's {REFINER_FOLDER}/ sub-folder when it has one")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available, else cpu (default: auto)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
-                        help="slices per forward pass (default: 8)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
+                        help=f"slices per forward pass (default: {CPU_BATCH_SIZE} on a CPU; on a GPU as many as "
+                             f"fit in {GPU_MEMORY_SHARE * 100:.0f}%% of its free memory, at most {GPU_BATCH_LIMIT})")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model through torch.compile (pays off on a GPU over many cases)")
+    parser.add_argument("--compression-level", type=compression_level, default=DEFAULT_COMPRESSION_LEVEL,
+                        metavar="L", help="gzip level of .nii.gz outputs, 0 (none, fastest) to 9 (smallest) "
+                                          f"(default: {DEFAULT_COMPRESSION_LEVEL})")
     parser.add_argument("--qc", action="store_true", help=f"also write a QC picture per case to OUT/{QC_FOLDER}/")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                         help="process only shard I of N: case i of the sorted list goes to shard i %% N")
@@ -123,7 +137,8 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor
               file=sys.stderr)
     refiner = refiner_path(args.refine, weights)
     refine = None if refiner is None else load_refiner(refiner, settings, device)
-    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, refine=refine, progress=True)
+    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, refine=refine, progress=True,
+                           compile=args.compile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         predictor = build_predictor(args, task)
         summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,
-                      qc=args.qc)
+                      qc=args.qc, compression_level=args.compression_level)
     except (SetupError, ValueError, OSError) as err:  # models.checkpoint.CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

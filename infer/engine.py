@@ -1,9 +1,12 @@
 """Volume synthesis engine: arrays in, arrays out (no file I/O), the same for every task.
 
 Pipeline of `VolumePredictor.predict`: normalise the available inputs with the checkpoint's statistics (missing
-ones filled with background) -> for each view: slice, add neighbouring-slice context (2.5D), pad to square,
-run the slice generator in batches, crop, stack -> voxel-wise mean over the (distinct) views -> optional 3D
-refinement hook -> denormalise to output units -> background where the inputs' majority vote says background.
+ones filled with background) and move them to the device once (pinned memory, non-blocking on a GPU) -> for
+each view: a padded stack of its slices on the device (square padding, plus k background slices at each end
+for the 2.5D context), batches gathered from it by indexing, the slice generator (bf16 autocast and
+channels-last input on a GPU), crop -> voxel-wise mean over the (distinct) views, copied back to the host once ->
+optional 3D refinement hook -> denormalise to output units -> background where the inputs' majority vote says
+background. Arrays are float32 throughout.
 
 Views are averaged in normalised space, so the refinement hook sees the multi-view volume; denormalisation is
 affine apart from its clamp at 0, so this equals averaging the denormalised views wherever neither is clamped.
@@ -11,7 +14,9 @@ affine apart from its clamp at 0, so this equals averaging the denormalised view
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer.geometry import crop_from_square, from_slices, pad_to_square, to_slices, with_context
+from infer.geometry import crop_from_square, in_plane_shape, pad_amounts, view_axis
 from infer.intensity import background_vote, denormalize, foreground, normalize
 from infer.tasks import VIEWS, TaskSpec, ZScoreNorm
 
@@ -30,8 +35,38 @@ All arrays are normalised (missing inputs filled with background); it runs after
 before denormalisation.
 """
 
+Timings = dict[str, float]
+"""Wall seconds per pipeline stage of one case (see `infer.runner.STAGES`)."""
+
 LARGE_CASE_BATCHES = 32
 """A case needing at least this many slice batches gets its own progress bar."""
+
+CPU_BATCH_SIZE = 8
+"""Slices per forward pass on a CPU unless told otherwise (on a GPU the default follows the free memory)."""
+
+GPU_BATCH_LIMIT = 32
+GPU_MEMORY_SHARE = 0.5
+"""The default GPU batch fills at most this share of the free GPU memory, and holds at most GPU_BATCH_LIMIT."""
+
+
+@contextmanager
+def timed(timings: Timings | None, stage: str, device: torch.device | None = None) -> Iterator[None]:
+    """Add the wall time of the block to `timings[stage]` (nothing when `timings` is None); on a GPU, first
+    wait for the work the block queued, so that it counts in this stage."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def batch_size_for_memory(free_bytes: int, bytes_per_slice: int, limit: int = GPU_BATCH_LIMIT) -> int:
+    """Slices per forward pass that fit in `GPU_MEMORY_SHARE` of `free_bytes` at `bytes_per_slice` each
+    (1 to `limit`)."""
+    return max(1, min(limit, int(free_bytes * GPU_MEMORY_SHARE) // max(bytes_per_slice, 1)))
 
 
 @dataclass(frozen=True)
@@ -124,70 +159,161 @@ def to_output(synthesis: np.ndarray, background: np.ndarray, norm: ZScoreNorm, s
     return out
 
 
+def padded_stack(volume: torch.Tensor, view: str, size: int, k: int, fill: float) -> torch.Tensor:
+    """The slices of `view` through float32 `volume` (M, X, Y, Z), padded to `size` x `size` by the
+    `pad_amounts` rule, with k `fill` slices added at each end: (N + 2k, M, size, size), one copy, on the
+    volume's device."""
+    slices = volume.movedim(1 + view_axis(view), 0)  # (N, M, H, W), a view
+    n, m, h, w = slices.shape
+    (top, _), (left, _) = pad_amounts(h, size), pad_amounts(w, size)
+    shape = (n + 2 * k, m, size, size)
+    inside = (slice(k, k + n), slice(None), slice(top, top + h), slice(left, left + w))
+    if volume.device.type == "cpu":  # numpy fills and copies (transposed strides) several times faster here
+        host = np.full(shape, fill, dtype=np.float32)
+        host[inside] = slices.numpy()
+        return torch.from_numpy(host)
+    stack = torch.full(shape, fill, dtype=volume.dtype, device=volume.device)
+    stack[inside] = slices
+    return stack
+
+
+def batch_input(stack: torch.Tensor, start: int, stop: int, k: int,
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Generator input (B, M*(2k+1), S, S) for slices start..stop-1 of a `padded_stack`, in `memory_format`
+    (a view of `stack`, no copy, for 2D slices in the contiguous format).
+
+    Channels are modality-major, as `infer.geometry.with_context` orders them: modality m's slices i-k .. i+k
+    are channels m*(2k+1) .. m*(2k+1)+2k.
+    """
+    window = stack[start:stop + 2 * k].unfold(0, 2 * k + 1, 1)  # (B, M, S, S, 2k+1): window[b, ..., j] = slice b+j
+    return window.movedim(-1, 2).flatten(1, 2).contiguous(memory_format=memory_format)
+
+
 class VolumePredictor:
     """Synthesises a missing volume from the available ones with a slice generator.
 
     model(x, available, target, view) -> (B, 1, S, S) as in `models.generator.HFGANGenerator`; it is put in
-    eval() and run under torch.inference_mode, with bf16 autocast on a GPU only.
+    eval() and run under torch.inference_mode, with bf16 autocast and channels-last input on a GPU only (on a
+    CPU, PyTorch's channels-last GroupNorm loses float32 precision on near-constant inputs).
+    batch_size: slices per forward pass; by default `CPU_BATCH_SIZE` on a CPU, and on a GPU as many as fit in
+    `GPU_MEMORY_SHARE` of the free memory (measured with one slice). compile: run the model through
+    torch.compile (the first batches of each shape pay for the compilation).
     """
 
-    def __init__(self, model: nn.Module, settings: EngineSettings, batch_size: int = 8,
-                 device: str | torch.device = "cpu", refine: Refiner | None = None, progress: bool = False) -> None:
-        if batch_size < 1:
+    def __init__(self, model: nn.Module, settings: EngineSettings, batch_size: int | None = None,
+                 device: str | torch.device = "cpu", refine: Refiner | None = None, progress: bool = False,
+                 compile: bool = False) -> None:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        on_gpu = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+        self.forward: Callable[..., torch.Tensor] = self.model
         self.settings = settings
-        self.batch_size = batch_size
         self.refine = refine
         self.progress = progress
+        if batch_size is None:
+            batch_size = self._gpu_batch_size() if on_gpu else CPU_BATCH_SIZE
+        self.batch_size = batch_size
+        if compile:
+            self.forward = torch.compile(self.model)
 
-    def predict(self, volumes: Mapping[str, np.ndarray], target: str) -> np.ndarray:
-        """The `target` volume in output units (float32), from raw input `volumes` keyed by modality."""
-        settings = self.settings
+    @torch.inference_mode()
+    def predict(self, volumes: Mapping[str, np.ndarray], target: str, timings: Timings | None = None) -> np.ndarray:
+        """The `target` volume in output units (float32), from raw input `volumes` keyed by modality.
+
+        timings: when given, the seconds of "preprocess", "forward" and "postprocess" are added to it.
+        """
+        settings, device = self.settings, self.device
         if target not in settings.modalities or target in volumes:
             raise ValueError(f"cannot synthesise {target!r} from {', '.join(volumes)}")
-        inputs, available = normalize_inputs(volumes, settings)
         target_index = settings.modalities.index(target)
-        stacks = {view: to_slices(inputs, view) for view in settings.views}  # (N, M, H, W) each, no copy
-        too_large = [f"{view} slices of {s.shape[2]}x{s.shape[3]}" for view, s in stacks.items()
-                     if max(s.shape[2:]) > settings.image_size]
-        if too_large:
-            raise ValueError(f"{', '.join(too_large)} exceed the model's {settings.image_size}x{settings.image_size} "
-                             "input (sliding windows are not supported yet)")
-        n_batches = sum(math.ceil(len(s) / self.batch_size) for s in stacks.values())
+        with timed(timings, "preprocess", device):
+            inputs, available = normalize_inputs(volumes, settings)
+            shape = inputs.shape[1:]
+            self._check_fits(shape)
+            background = background_vote([foreground(volumes[m]) for m in settings.modalities if m in volumes])
+            volume = self._to_device(inputs)
+            available_t = torch.from_numpy(available).to(device)
+            synthesis = torch.zeros(shape, dtype=torch.float32, device=device)
+        n_batches = sum(math.ceil(shape[view_axis(v)] / self.batch_size) for v in settings.views)
         with tqdm(total=n_batches, desc="slice batches", unit="batch", leave=False,
                   disable=not self.progress or n_batches < LARGE_CASE_BATCHES) as bar:
-            views = [from_slices(self.predict_slices(s, available, target_index, view, bar.update), view)
-                     for view, s in stacks.items()]
-        synthesis = np.mean(views, axis=0, dtype=np.float32)
-        if self.refine is not None:
-            synthesis = self.refine(synthesis, inputs, target_index)
-        background = background_vote([foreground(volumes[m]) for m in settings.modalities if m in volumes])
-        return to_output(synthesis, background, settings.normalization[target], settings)
+            for view in settings.views:
+                with timed(timings, "preprocess", device):
+                    stack = padded_stack(volume, view, settings.image_size, settings.context_slices, settings.fill)
+                with timed(timings, "forward", device):
+                    slices = self._generate_view(stack, available_t, target_index, view, bar.update)
+                with timed(timings, "postprocess", device):
+                    synthesis += crop_from_square(slices, in_plane_shape(shape, view)).movedim(0, view_axis(view))
+                del stack, slices
+        with timed(timings, "postprocess", device):
+            synthesis /= len(settings.views)
+            result = self._to_host(synthesis)
+            if self.refine is not None:
+                result = self.refine(result, inputs, target_index)
+            return to_output(result, background, settings.normalization[target], settings)
 
-    def predict_slices(self, slices: np.ndarray, available: np.ndarray, target: int, view: str,
-                       on_batch: Callable[[], object] = lambda: None) -> np.ndarray:
-        """Normalised synthesis (N, H, W) from normalised input slices (N, M, H, W) of `view`, in batches."""
-        settings = self.settings
-        out = np.empty((len(slices), *slices.shape[2:]), dtype=np.float32)
-        for start in range(0, len(slices), self.batch_size):
-            index = np.arange(start, min(start + self.batch_size, len(slices)))
-            x = with_context(slices, index, settings.context_slices, settings.fill)
-            y = self._run_model(pad_to_square(x, settings.image_size, settings.fill), available, target, view)
-            out[index] = crop_from_square(y[:, 0], out.shape[1:])
+    def _check_fits(self, shape: tuple[int, int, int]) -> None:
+        """ValueError when the slices of some view through a volume of `shape` exceed the model's input."""
+        size = self.settings.image_size
+        planes = {view: in_plane_shape(shape, view) for view in self.settings.views}
+        too_large = [f"{view} slices of {h}x{w}" for view, (h, w) in planes.items() if max(h, w) > size]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)} exceed the model's {size}x{size} input "
+                             "(sliding windows are not supported yet)")
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """`array` on the device: shared, not copied, on a CPU; through pinned memory, non-blocking, on a GPU."""
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _to_host(self, tensor: torch.Tensor) -> np.ndarray:
+        """`tensor` as a numpy array: shared on a CPU; one non-blocking copy into pinned memory from a GPU."""
+        if self.device.type != "cuda":
+            return tensor.cpu().numpy()
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy()
+
+    def _generate_view(self, stack: torch.Tensor, available: torch.Tensor, target: int, view: str,
+                       on_batch: Callable[[], object]) -> torch.Tensor:
+        """Normalised synthesis (N, S, S) of every slice of a `padded_stack` of `view`, in batches."""
+        k = self.settings.context_slices
+        n = len(stack) - 2 * k
+        out = torch.empty((n, *stack.shape[2:]), dtype=torch.float32, device=stack.device)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            x = batch_input(stack, start, stop, k, self.memory_format)
+            out[start:stop] = self._generate(x, available, target, view)[:, 0]
             on_batch()
         return out
 
-    def _run_model(self, x: np.ndarray, available: np.ndarray, target: int, view: str) -> np.ndarray:
-        b = len(x)
-        device = self.device
-        available_t = torch.from_numpy(available).to(device).expand(b, -1)
+    def _generate(self, x: torch.Tensor, available: torch.Tensor, target: int, view: str) -> torch.Tensor:
+        """The generator on one batch `x`; `available` is the (M,) mask of the case."""
+        b, device = len(x), x.device
         target_t = torch.full((b,), target, dtype=torch.long, device=device)
         view_t = None
         if self.settings.view_embedding:
             view_t = torch.full((b,), VIEWS.index(view), dtype=torch.long, device=device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-        with torch.inference_mode(), autocast:
-            y = self.model(torch.from_numpy(x).to(device), available_t, target_t, view_t)
-        return y.float().cpu().numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return self.forward(x, available.expand(b, -1), target_t, view_t)
+
+    @torch.inference_mode()
+    def _gpu_batch_size(self) -> int:
+        """Measure the peak memory of one slice through the model, then `batch_size_for_memory`."""
+        settings, device = self.settings, self.device
+        channels = len(settings.modalities) * (2 * settings.context_slices + 1)
+        x = torch.full((1, channels, settings.image_size, settings.image_size), settings.fill, device=device)
+        available = torch.arange(len(settings.modalities), device=device) > 0  # all but the target, modality 0
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        self._generate(x.contiguous(memory_format=self.memory_format), available, 0, settings.views[0])
+        torch.cuda.synchronize(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        return batch_size_for_memory(free, torch.cuda.max_memory_allocated(device) - before)

@@ -2,35 +2,62 @@
 
 A bad case costs one line on stderr and is skipped; the others are processed. Outputs go to OUT only
 (never into IN), named by the task's rule, each written atomically.
+
+Cases flow through three stages: `read_inputs` in a reader thread that reads at most `prefetch` cases ahead,
+`synthesise` in the calling thread, and `write_outputs` in a writer thread that holds at most `pending_writes`
+finished cases (`overlapped`), so reading and writing overlap the model and memory stays flat however many
+cases there are. Outcomes are reported in case order, as a sequential run would report them.
 """
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from infer.cases import CaseError, CaseFiles, check_case, discover_cases, read_case
-from infer.engine import VolumePredictor
+from infer.cases import CaseError, CaseFiles, CaseVolumes, check_case, decode_case, discover_cases, validate_case
+from infer.engine import Timings, VolumePredictor, timed
 from infer.qc import save_qc
 from infer.tasks import TaskSpec
-from infer.writer import write_nifti
+from infer.writer import DEFAULT_COMPRESSION_LEVEL, write_nifti
 
 QC_FOLDER = "qc"
+
+STAGES: dict[str, str] = {
+    "read": "read + decode",
+    "preprocess": "validate + preprocess",
+    "forward": "model forward",
+    "postprocess": "stack/crop/background/denormalise",
+    "write": "encode + write",
+}
+"""The timed stages of a case (keys of `CaseJob.timings`) and what each covers."""
+
+Item = TypeVar("Item")
+Loaded = TypeVar("Loaded")
+Computed = TypeVar("Computed")
+Stored = TypeVar("Stored")
 
 
 @dataclass
 class RunSummary:
-    """What a run did: cases written, skipped (outputs already there), failed (one line each), wall time."""
+    """What a run did: cases written, skipped (outputs already there), failed (one line each), wall time, and
+    the stage seconds of each written case in case order."""
 
     cases: int = 0
     written: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: list[Timings] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -73,26 +100,145 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def process_case(case: CaseFiles, task: TaskSpec, predictor: VolumePredictor, output_dir: Path,
-                 overwrite: bool = False, qc: bool = False) -> bool:
-    """Synthesise and write the outputs of one case; False when they all exist already (and not `overwrite`)."""
+@dataclass
+class CaseJob:
+    """One case on its way through the stages: the outputs it still needs (target -> path), its inputs once
+    read, its synthesis once computed, and the seconds each stage took."""
+
+    case: CaseFiles
+    outputs: dict[str, Path]
+    data: CaseVolumes | None = None
+    synthesis: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: Timings = field(default_factory=dict)
+
+
+def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool = False) -> CaseJob | None:
+    """The job of `case` (CaseError when its files do not fit the task); None when every output it would
+    write exists already (and not `overwrite`)."""
     outputs = {t: output_dir / task.file_name.format(case=case.name, modality=t) for t in check_case(case, task)}
     pending = {t: p for t, p in outputs.items() if overwrite or not p.exists()}
-    if not pending:
-        return False
-    data = read_case(case, task)
-    synthesis = {t: predictor.predict(data.volumes, t) for t in pending}
-    for target, path in pending.items():
-        write_nifti(path, synthesis[target], data.reference, task.output_dtype)
-    if qc:
-        save_qc(output_dir / QC_FOLDER / f"{case.name}.png", data.volumes, synthesis)
-    return True
+    return CaseJob(case, pending) if pending else None
+
+
+def read_inputs(job: CaseJob, task: TaskSpec) -> CaseJob:
+    """Read, decode and validate the inputs of `job` into `job.data`."""
+    with timed(job.timings, "read"):
+        decoded = decode_case(job.case, task)
+    with timed(job.timings, "preprocess"):
+        job.data = validate_case(job.case, decoded)
+    return job
+
+
+def synthesise(job: CaseJob, predictor: VolumePredictor, keep_inputs: bool = False) -> CaseJob:
+    """Predict every output of `job` from its inputs into `job.synthesis`, then let the input volumes go unless
+    `keep_inputs` (for the QC picture), so that a case waiting to be written holds little memory."""
+    job.synthesis = {t: predictor.predict(job.data.volumes, t, job.timings) for t in job.outputs}
+    if not keep_inputs:
+        job.data = replace(job.data, volumes={})
+    return job
+
+
+def write_outputs(job: CaseJob, task: TaskSpec, output_dir: Path, qc: bool = False,
+                  compression_level: int = DEFAULT_COMPRESSION_LEVEL) -> CaseJob:
+    """Write each synthesis of `job` atomically (and its QC picture when `qc`, from inputs kept by
+    `synthesise`)."""
+    with timed(job.timings, "write"):
+        for target, path in job.outputs.items():
+            write_nifti(path, job.synthesis[target], job.data.reference, task.output_dtype, compression_level)
+        if qc:
+            save_qc(output_dir / QC_FOLDER / f"{job.case.name}.png", job.data.volumes, job.synthesis)
+    return job
+
+
+@contextmanager
+def _worker(enabled: bool) -> Iterator[ThreadPoolExecutor | None]:
+    """One background thread, or None (work inline) when not `enabled`; queued work is dropped on exit."""
+    if not enabled:
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ThreadPoolExecutor | None, fn: Callable[..., object], *args: object) -> Future:
+    """`fn(*args)` on `pool`, or run now when `pool` is None; its result or exception in a Future either way."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:
+        future.set_exception(err)
+    return future
+
+
+def _failed(err: Exception) -> Future:
+    """A finished Future holding `err`."""
+    future: Future = Future()
+    future.set_exception(err)
+    return future
+
+
+def _outcome(future: Future) -> object:
+    """The result of a finished stage, or its Exception (anything else, such as KeyboardInterrupt, is raised)."""
+    err = future.exception()
+    if err is None:
+        return future.result()
+    if isinstance(err, Exception):
+        return err
+    raise err
+
+
+def overlapped(items: Sequence[Item], load: Callable[[Item], Loaded], compute: Callable[[Loaded], Computed],
+               store: Callable[[Computed], Stored], prefetch: int = 1,
+               pending_writes: int = 1) -> Iterator[tuple[Item, Stored | Exception]]:
+    """(item, store(compute(load(item))) or the Exception of the stage that failed), in item order.
+
+    `compute` runs in the calling thread; `load` runs in a reader thread at most `prefetch` items ahead of it
+    (loaded results not yet handed to `compute`), and `store` in a writer thread with at most `pending_writes`
+    results waiting or being stored while `compute` runs. 0 runs that stage inline, in turn (sequentially).
+    An item whose stage failed skips its later stages; the other items go on.
+    """
+    with _worker(prefetch > 0) as reader, _worker(pending_writes > 0) as writer:
+        upcoming = iter(items)
+        loads: deque[tuple[Item, Future]] = deque()
+        stores: deque[tuple[Item, Future]] = deque()
+
+        def read_ahead(count: int) -> None:
+            for item in islice(upcoming, max(count, 0)):
+                loads.append((item, _submit(reader, load, item)))
+
+        read_ahead(1)
+        while loads:
+            item, loading = loads.popleft()
+            loaded = _outcome(loading)
+            read_ahead(prefetch - len(loads))
+            if isinstance(loaded, Exception):
+                stores.append((item, loading))
+            else:
+                try:
+                    stores.append((item, _submit(writer, store, compute(loaded))))
+                except Exception as err:
+                    stores.append((item, _failed(err)))
+            while len(stores) > pending_writes or (stores and stores[0][1].done()):
+                done, storing = stores.popleft()
+                yield done, _outcome(storing)
+            read_ahead(1 - len(loads))
+        for done, storing in stores:
+            yield done, _outcome(storing)
 
 
 def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePredictor, *,
-        shard: tuple[int, int] = (0, 1), overwrite: bool = False, qc: bool = False,
-        progress: bool = True) -> RunSummary:
-    """Process every case of this shard; problems are reported and counted, never raised (except setup ones)."""
+        shard: tuple[int, int] = (0, 1), overwrite: bool = False, qc: bool = False, progress: bool = True,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL, prefetch: int = 1,
+        pending_writes: int = 1) -> RunSummary:
+    """Process every case of this shard; problems are reported and counted, never raised (except setup ones).
+
+    prefetch / pending_writes: see `overlapped` (0 and 0 process the cases one after another).
+    """
     check_folders(input_dir, output_dir)
     found = discover_cases(input_dir, task)
     if not found:
@@ -100,17 +246,29 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
         raise ValueError(f"no cases in {input_dir} (expected {expected} files, flat or in a folder per case)")
     cases = select_shard(found, *shard)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(case: CaseFiles) -> CaseJob | None:
+        job = plan_case(case, task, output_dir, overwrite)
+        return None if job is None else read_inputs(job, task)
+
+    def compute(job: CaseJob | None) -> CaseJob | None:
+        return None if job is None else synthesise(job, predictor, keep_inputs=qc)
+
+    def store(job: CaseJob | None) -> CaseJob | None:
+        return None if job is None else write_outputs(job, task, output_dir, qc, compression_level)
+
     summary = RunSummary(cases=len(cases))
     start = time.perf_counter()
-    for case in tqdm(cases, desc=task.name, unit="case", disable=not progress):
-        try:
-            if process_case(case, task, predictor, output_dir, overwrite, qc):
-                summary.written += 1
-            else:
-                summary.skipped += 1
-                _say(f"note: {case.name}: output exists, skipped (pass --overwrite to replace it)")
-        except Exception as err:  # one failing case must not stop the others, nor print a traceback
-            summary.failed.append(describe_failure(case.name, err))
+    outcomes = overlapped(cases, load, compute, store, prefetch, pending_writes)
+    for case, outcome in tqdm(outcomes, total=len(cases), desc=task.name, unit="case", disable=not progress):
+        if isinstance(outcome, Exception):  # one failing case must not stop the others, nor print a traceback
+            summary.failed.append(describe_failure(case.name, outcome))
             _say(f"error: {summary.failed[-1]}")
+        elif outcome is None:
+            summary.skipped += 1
+            _say(f"note: {case.name}: output exists, skipped (pass --overwrite to replace it)")
+        else:
+            summary.written += 1
+            summary.timings.append(outcome.timings)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -25,3 +25,12 @@ def shared_fixtures() -> Path:
 def brats_data() -> Path:
     """`../shared/data/brats`: two real BraTS glioma cases (240x240x155, 1 mm, LPS)."""
     return _require(SHARED / "data" / "brats")
+
+
+from helpers import save_tiny_checkpoint  # noqa: E402 (appended with the fixtures below)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random BraSyn generator for 32x32 slices, saved as a checkpoint folder."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "small", image_size=32)

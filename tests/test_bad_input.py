@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_cli import AFFINE, SMALL_SHAPE, run_cli, small_checkpoint, snapshot, write_case  # noqa: F401 (fixture)
+
+from helpers import AFFINE, SMALL_SHAPE, run_cli, snapshot, write_case
 
 BAD = "case-b"
 
@@ -67,8 +68,8 @@ def not_3d(folder):
 
 
 def unknown_name(folder):
-    (folder / f"{BAD}-seg.nii.gz").write_bytes(b"")
-    return "seg", "unknown or duplicate file name (expected case-b-<modality>.nii.gz"
+    (folder / f"{BAD}-flair.nii.gz").write_bytes(b"")
+    return "flair", "unknown or duplicate file name (expected case-b-<modality>.nii.gz"
 
 
 def empty_volume(folder):

@@ -11,8 +11,8 @@ from brats.core.docker import _sanity_check_output
 
 from infer.cli import main
 from infer.tasks import BRATS_MODALITIES
-from test_cli import AFFINE, SMALL_SHAPE, write_case
-from test_engine import save_tiny_checkpoint
+
+from helpers import AFFINE, SMALL_SHAPE, save_tiny_checkpoint, write_case
 
 MISSING = {"patient-a": "t2f", "patient-b": "t1c"}  # the user's subject names and what each lacks
 

@@ -14,43 +14,15 @@ from infer.intensity import background_vote, foreground
 from infer.qc import qc_centre
 from infer.runner import run
 from infer.tasks import BRASYN, TaskSpec, ZScoreNorm
-from test_engine import save_tiny_checkpoint
-from test_geometry import CopyModel, synthetic_volumes
+
+from helpers import AFFINE, SMALL_SHAPE, CopyModel, run_cli, save_tiny_checkpoint, snapshot, write_case
 
 CASE = "BraTS-GLI-00000-000"
-SMALL_SHAPE = (14, 12, 9)
-AFFINE = np.array([[-1.0, 0, 0, 13], [0, -1.0, 0, 11], [0, 0, 1.0, -4], [0, 0, 0, 1]])
-
-
-def write_case(root, case, modalities=("t1c", "t1n", "t2w"), flat=False, seed=0, shape=SMALL_SHAPE):
-    """A small synthetic case, int16 like BraTS, each file's header `descrip` naming its modality."""
-    folder = root if flat else root / case
-    folder.mkdir(parents=True, exist_ok=True)
-    for modality, volume in synthetic_volumes(shape, seed, modalities).items():
-        image = nib.Nifti1Image(volume.astype(np.int16), AFFINE)
-        image.header["descrip"] = modality.encode()
-        nib.save(image, folder / f"{case}-{modality}.nii.gz")
-    return folder
-
-
-def snapshot(folder):
-    """Every file under `folder` with its size and modification time."""
-    return {(p, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "small", image_size=32)
 
 
 @pytest.fixture(scope="module")
 def full_size_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "full", image_size=240)
-
-
-def run_cli(input_dir, output_dir, weights, *extra):
-    return main(["--task", "brasyn", "--input", str(input_dir), "--output", str(output_dir), "--weights", str(weights),
-                 "--device", "cpu", *extra])
 
 
 @pytest.mark.parametrize("missing", BRASYN.modalities)
@@ -158,6 +130,20 @@ def test_setup_errors_are_one_line(small_checkpoint, tmp_path, monkeypatch, caps
     assert not (tmp_path / "in" / "out").exists() and not (tmp_path / "out").exists()
 
 
+def test_compression_level_reaches_the_outputs(small_checkpoint, tmp_path, capsys):
+    write_case(tmp_path / "in", "a")
+    sizes = []
+    for level in ("0", "9"):
+        assert run_cli(tmp_path / "in", tmp_path / level, small_checkpoint, "--compression-level", level) == 0
+        output = tmp_path / level / "a-t2f.nii.gz"
+        assert nib.load(output).shape == SMALL_SHAPE
+        sizes.append(output.stat().st_size)
+    assert sizes[0] > 4 * np.prod(SMALL_SHAPE) > sizes[1]  # stored float32 voxels at 0, compressed at 9
+    with pytest.raises(SystemExit):
+        run_cli(tmp_path / "in", tmp_path / "x", small_checkpoint, "--compression-level", "10")
+    assert "expected a gzip level from 0 (none) to 9 (smallest)" in capsys.readouterr().err
+
+
 def test_cuda_requested_without_cuda(small_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
     write_case(tmp_path / "in", "a")
@@ -170,7 +156,7 @@ def test_help_through_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "infer", "--help"], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     for option in ("--task", "--input IN", "--output OUT", "--weights CKPT", "--views", "--device", "--batch-size N",
-                   "--qc", "--shard I/N", "--overwrite"):
+                   "--compile", "--compression-level L", "--qc", "--shard I/N", "--overwrite"):
         assert option in result.stdout
 
 

@@ -6,30 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from infer.engine import EngineSettings, VolumePredictor, normalize_inputs, resolve_settings
+from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, EngineSettings, VolumePredictor, batch_input, \
+    batch_size_for_memory, normalize_inputs, padded_stack, resolve_settings
+from infer.geometry import pad_to_square, to_slices, with_context
 from infer.intensity import background_vote, denormalize, foreground, normalize
 from infer.tasks import BRASYN, VIEWS, TaskSpec, ZScoreNorm
-from models.checkpoint import CheckpointMeta, save_checkpoint
-from models.generator import GeneratorConfig, HFGANGenerator
-from test_geometry import CopyModel, settings_for, synthetic_volumes
 
-
-def tiny_generator(image_size=32, **config):
-    """A random generator small enough for CPU tests (about 10 k parameters)."""
-    return HFGANGenerator(GeneratorConfig(image_size=image_size, dim=4, norm_groups=4, dim_mults=(1, 1, 1, 1, 1),
-                                          n_layers=1, num_heads=2, **config))
-
-
-def tiny_meta(**fields):
-    return CheckpointMeta(**{"kind": "generator", "task": "brasyn", "modalities": BRASYN.modalities,
-                             "normalization": dict(BRASYN.normalization), "views": ("axial",), **fields})
-
-
-def save_tiny_checkpoint(path, image_size=32, views=("axial",)):
-    """A tiny random BraSyn generator saved with the project's checkpoint format; returns its folder."""
-    model = tiny_generator(image_size)
-    model.meta = tiny_meta(views=views)
-    return save_checkpoint(model, path, model.meta)
+from helpers import CopyModel, settings_for, synthetic_volumes, tiny_generator, tiny_meta
 
 
 def with_meta(model, **fields):
@@ -165,3 +148,30 @@ def test_inference_runs_in_eval_and_inference_mode():
     model = Probe(source=0).train()
     VolumePredictor(model, settings_for(("axial",), image_size=48)).predict(synthetic_volumes((40, 36, 3)), "t1n")
     assert seen == [(False, True, torch.float32, [True, False, True, True], 1, None)]
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_batches_from_the_padded_stack_equal_context_then_padding(view, k):
+    volume = np.random.default_rng(k).normal(size=(3, 9, 6, 5)).astype(np.float32)  # (M, X, Y, Z)
+    slices = to_slices(volume, view)
+    stack = padded_stack(torch.from_numpy(volume), view, 12, k, -1.0)
+    for start, stop in ((0, 2), (1, len(slices))):
+        expected = pad_to_square(with_context(slices, np.arange(start, stop), k, -1.0), 12, -1.0)
+        np.testing.assert_array_equal(batch_input(stack, start, stop, k).numpy(), expected)
+
+
+def test_default_batch_sizes():
+    assert VolumePredictor(CopyModel(source=0), settings_for(("axial",))).batch_size == CPU_BATCH_SIZE == 8
+    slice_bytes = 300 * 2**20
+    assert batch_size_for_memory(4 * 2**30, slice_bytes) == 6  # half of 4 GiB holds 6 slices of 300 MiB
+    assert batch_size_for_memory(2**20, slice_bytes) == 1
+    assert batch_size_for_memory(80 * 2**30, 2**20) == GPU_BATCH_LIMIT
+
+
+def test_predict_reports_its_stage_times():
+    timings = {"read": 1.5}
+    VolumePredictor(CopyModel(source=0), settings_for(("axial", "coronal"), image_size=16)).predict(
+        synthetic_volumes((8, 8, 4)), "t1n", timings)
+    assert set(timings) == {"read", "preprocess", "forward", "postprocess"} and timings["read"] == 1.5
+    assert all(t > 0 for t in timings.values())

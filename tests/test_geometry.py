@@ -2,26 +2,16 @@
 import nibabel as nib
 import numpy as np
 import pytest
-from torch import nn
 
-from infer.engine import EngineSettings, VolumePredictor
+from infer.engine import VolumePredictor
 from infer.geometry import crop_from_square, from_slices, in_plane_shape, pad_amounts, pad_to_square, to_slices, \
     with_context
 from infer.intensity import background_vote, denormalize, foreground, normalize
 from infer.tasks import BRASYN, VIEWS
 
+from helpers import CopyModel, settings_for, synthetic_volumes
+
 CASE = "BraTS-GLI-00000-000"
-
-
-class CopyModel(nn.Module):
-    """Returns one input channel: modality `source`, slice `offset` from the centre (needs 2.5D context)."""
-
-    def __init__(self, source: int, k: int = 0, offset: int = 0) -> None:
-        super().__init__()
-        self.channel = source * (2 * k + 1) + k + offset
-
-    def forward(self, x, available, target, view=None):
-        return x[:, self.channel:self.channel + 1].clone()
 
 
 def identity_expected(volumes, source, target, settings):
@@ -30,11 +20,6 @@ def identity_expected(volumes, source, target, settings):
     expected = denormalize(normalize(volumes[source], norm[source]), norm[target])
     expected[background_vote([foreground(v) for v in volumes.values()])] = settings.output_background
     return expected
-
-
-def settings_for(views, image_size=240, k=0):
-    return EngineSettings(modalities=BRASYN.modalities, normalization=BRASYN.normalization, views=views,
-                          image_size=image_size, context_slices=k)
 
 
 def test_pad_rule():
@@ -91,15 +76,6 @@ def test_identity_model_returns_the_input_on_a_real_case(real_volumes, views):
     out = predictor.predict(real_volumes, "t2f")
     assert out.shape == (240, 240, 155) and out.dtype == np.float32
     np.testing.assert_allclose(out, identity_expected(real_volumes, "t1n", "t2f", settings), rtol=1e-6, atol=1e-3)
-
-
-def synthetic_volumes(shape, seed=0, modalities=("t1c", "t2f", "t2w")):
-    """A random positive ellipsoidal 'brain' per modality on a zero background (float32)."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape).astype(np.float32)
-    centre = (np.array(shape, dtype=np.float32)[:, None, None, None] - 1) / 2
-    brain = (((grid - centre) / (centre + 0.5)) ** 2).sum(axis=0) < 0.8
-    return {m: np.where(brain, rng.uniform(1, 3000, shape), 0).astype(np.float32) for m in modalities}
 
 
 @pytest.mark.parametrize("views", [("axial",), ("sagittal",), ("coronal",), ("sagittal", "coronal")])
