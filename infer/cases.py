@@ -105,9 +105,13 @@ def check_case(case: CaseFiles, task: TaskSpec) -> tuple[str, ...]:
         needed = f"{task.min_inputs}" + (f" to {task.max_inputs}" if task.max_inputs > task.min_inputs else "")
         found = ", ".join(m for m in task.modalities if m in case.files) or "none"
         raise CaseError(case.name, f"found {count} input modalities ({found}), task {task.name} needs {needed}")
-    targets = tuple(m for m in task.target_modalities if m not in case.files)
+    not_inputs = [m for m in task.modalities if m in case.files and m not in task.input_modalities]
+    if not_inputs:
+        raise CaseError(case.name, f"{not_inputs[0]} is not an input of task {task.name} (inputs: "
+                                   f"{', '.join(task.input_modalities)})", case.files[not_inputs[0]])
+    targets = tuple(m for m in task.requested_targets if m not in case.files)
     if not targets:
-        raise CaseError(case.name, f"nothing to synthesise: every one of {', '.join(task.target_modalities)} "
+        raise CaseError(case.name, f"nothing to synthesise: every one of {', '.join(task.requested_targets)} "
                                    "is present")
     return targets
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,15 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m infer",
         description="Synthesise the missing modality of every case in a folder with a slice generator.",
         epilog="Inputs: IN/<case>/<case>-<modality>.nii.gz (BraTS layout) or IN/<case>-<modality>.nii.gz (flat). "
-               "Outputs: OUT/<case>-<missing>.nii.gz only, float32, with the affine and header of the first "
-               f"available input in modality order; OUT must lie outside IN. --qc adds OUT/{QC_FOLDER}/<case>.png "
-               "(leave it off for a BraTS container's /output). Exit status: 0 all done, 1 some case failed, "
+               "Outputs: OUT/<case>-<missing>.nii.gz only (float32 MR, int16 HU for mr2ct), with the affine and "
+               "header of the first available input in modality order; OUT must lie outside IN. "
+               f"--qc adds OUT/{QC_FOLDER}/<case>.png (leave it off for a BraTS container's /output). Exit status: 0 all done, 1 some case failed, "
                "2 usage or setup error.")
     parser.add_argument("--task", choices=sorted(TASKS), default="brasyn", help="synthesis task (default: brasyn)")
     parser.add_argument("--input", "--data_path", dest="input", type=Path, required=True, metavar="IN",
                         help="folder of cases (never written to)")
     parser.add_argument("--output", "--output_path", dest="output", type=Path, required=True, metavar="OUT",
                         help="folder for the synthesised volumes (created if needed)")
+    parser.add_argument("--targets", nargs="+", metavar="MOD",
+                        help="modalities to synthesise where a case lacks them (default: the task's; e.g. "
+                             "--targets t2w t2f for us2mr)")
     parser.add_argument("--weights", type=Path, metavar="CKPT",
                         help="checkpoint folder (config.json + model.safetensors); default: the task's bundled "
                              "checkpoint, weights/<task>/")
@@ -103,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SLICE_GENERATORS = ("generator", "unet")
+"""Checkpoint kinds that `VolumePredictor` runs slice by slice (HF-GAN generator, Pix2Pix U-Net)."""
+
+
 def default_weights(task: TaskSpec) -> Path:
     """The bundled checkpoint folder of `task`."""
     path = WEIGHTS_ROOT / task.name
@@ -124,12 +132,15 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor
     checkpoint settings and command-line options."""
     weights = args.weights or default_weights(task)
     device = pick_device(args.device)
-    if read_config(weights).get("kind") == "generator3d":
+    kind = read_config(weights).get("kind")
+    if kind == "generator3d":
         if args.views or args.refine not in (None, NO_REFINER):
             raise SetupError("--views and --refine apply to slice generators, not to a full-3D generator")
         model = load_model(weights, device=device, kind="generator3d")
         return PatchVolumePredictor(model, patch_settings(task, model), batch_size=args.batch_size, device=device)
-    model = load_model(weights, device=device, kind="generator")
+    if kind not in SLICE_GENERATORS:
+        raise SetupError(f"{weights}: holds a {kind}, not a generator ({', '.join(SLICE_GENERATORS)}, generator3d)")
+    model = load_model(weights, device=device)
     settings = resolve_settings(task, model, args.views)
     untrained = [v for v in settings.views if v not in model.meta.views]
     if model.meta.views and untrained:
@@ -142,8 +153,15 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     task = TASKS[args.task]
+    if args.targets:
+        unknown = [m for m in args.targets if m not in task.target_modalities]
+        if unknown:
+            parser.error(f"--targets: task {task.name} can synthesise {', '.join(task.target_modalities)}, "
+                         f"not {', '.join(unknown)}")
+        task = replace(task, default_targets=tuple(dict.fromkeys(args.targets)))
     try:
         predictor = build_predictor(args, task)
         summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,

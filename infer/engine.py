@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer.geometry import crop_from_square, in_plane_shape, pad_amounts, view_axis
+from infer.geometry import bounding_box, crop_from_square, in_plane_shape, pad_amounts, view_axis
 from infer.intensity import background_vote, denormalize, foreground, normalize
-from infer.tasks import VIEWS, TaskSpec, ZScoreNorm
+from infer.tasks import VIEWS, Normalization, TaskSpec
 
 Refiner = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 """3D refinement hook: refine(synthesis (X, Y, Z), inputs (M, X, Y, Z), target index) -> synthesis (X, Y, Z).
@@ -75,17 +76,20 @@ class EngineSettings:
 
     modalities: model channel order. normalization: statistics per modality. views: distinct views to average.
     image_size: the generator's square input side. context_slices: k of 2.5D (0 = 2D). view_embedding: whether
-    the generator takes the view index. output_offset / output_background: see `infer.tasks.TaskSpec`.
+    the generator takes the view index. output_offset / output_background / window_overlap / crop_to: see
+    `infer.tasks.TaskSpec`.
     """
 
     modalities: tuple[str, ...]
-    normalization: Mapping[str, ZScoreNorm]
+    normalization: Mapping[str, Normalization]
     views: tuple[str, ...]
     image_size: int
     context_slices: int = 0
     view_embedding: bool = False
     output_offset: float = 0.0
     output_background: float = 0.0
+    window_overlap: float | None = None
+    crop_to: str | None = None
 
     def __post_init__(self) -> None:
         if not self.views or len(set(self.views)) != len(self.views):
@@ -125,6 +129,8 @@ def resolve_settings(task: TaskSpec, model: nn.Module, views: Sequence[str] | No
         view_embedding=config.num_views > 0,
         output_offset=task.output_offset,
         output_background=task.output_background,
+        window_overlap=task.window_overlap,
+        crop_to=task.crop_to,
     )
     if settings.view_embedding:
         beyond = [v for v in settings.views if VIEWS.index(v) >= config.num_views]
@@ -151,7 +157,14 @@ def normalize_inputs(volumes: Mapping[str, np.ndarray], settings: EngineSettings
     return inputs, available
 
 
-def to_output(synthesis: np.ndarray, background: np.ndarray, norm: ZScoreNorm, settings: EngineSettings) -> np.ndarray:
+def input_background(volumes: Mapping[str, np.ndarray], settings: EngineSettings) -> np.ndarray:
+    """Background of the output: the majority vote of the inputs' foregrounds (each under its normalisation)."""
+    return background_vote([foreground(volumes[m], settings.normalization[m]) for m in settings.modalities
+                            if m in volumes])
+
+
+def to_output(synthesis: np.ndarray, background: np.ndarray, norm: Normalization,
+              settings: EngineSettings) -> np.ndarray:
     """Normalised synthesis -> output units (denormalised + offset), `output_background` where `background`."""
     out = denormalize(synthesis, norm)
     out += np.float32(settings.output_offset)
@@ -160,13 +173,14 @@ def to_output(synthesis: np.ndarray, background: np.ndarray, norm: ZScoreNorm, s
 
 
 def padded_stack(volume: torch.Tensor, view: str, size: int, k: int, fill: float) -> torch.Tensor:
-    """The slices of `view` through float32 `volume` (M, X, Y, Z), padded to `size` x `size` by the
-    `pad_amounts` rule, with k `fill` slices added at each end: (N + 2k, M, size, size), one copy, on the
-    volume's device."""
+    """The slices of `view` through float32 `volume` (M, X, Y, Z), each side padded to at least `size` by the
+    `pad_amounts` rule, with k `fill` slices added at each end: (N + 2k, M, max(size, H), max(size, W)), one
+    copy, on the volume's device."""
     slices = volume.movedim(1 + view_axis(view), 0)  # (N, M, H, W), a view
     n, m, h, w = slices.shape
-    (top, _), (left, _) = pad_amounts(h, size), pad_amounts(w, size)
-    shape = (n + 2 * k, m, size, size)
+    side_h, side_w = max(size, h), max(size, w)
+    (top, _), (left, _) = pad_amounts(h, side_h), pad_amounts(w, side_w)
+    shape = (n + 2 * k, m, side_h, side_w)
     inside = (slice(k, k + n), slice(None), slice(top, top + h), slice(left, left + w))
     if volume.device.type == "cpu":  # numpy fills and copies (transposed strides) several times faster here
         host = np.full(shape, fill, dtype=np.float32)
@@ -223,8 +237,25 @@ class VolumePredictor:
     def predict(self, volumes: Mapping[str, np.ndarray], target: str, timings: Timings | None = None) -> np.ndarray:
         """The `target` volume in output units (float32), from raw input `volumes` keyed by modality.
 
+        With `settings.crop_to`, only the bounding box of that input's foreground is synthesised; the rest of
+        the output is `output_background`.
         timings: when given, the seconds of "preprocess", "forward" and "postprocess" are added to it.
         """
+        crop = self.settings.crop_to
+        if crop is None:
+            return self._predict(volumes, target, timings)
+        if crop not in volumes:
+            raise ValueError(f"cannot crop to {crop!r}: it is not among the inputs ({', '.join(volumes)})")
+        with timed(timings, "preprocess"):
+            box = bounding_box(foreground(volumes[crop], self.settings.normalization[crop]))
+        inside = self._predict({m: v[box] for m, v in volumes.items()}, target, timings)
+        with timed(timings, "postprocess"):
+            out = np.full(volumes[crop].shape, self.settings.output_background, dtype=np.float32)
+            out[box] = inside
+        return out
+
+    def _predict(self, volumes: Mapping[str, np.ndarray], target: str, timings: Timings | None) -> np.ndarray:
+        """`predict` on volumes as given."""
         settings, device = self.settings, self.device
         if target not in settings.modalities or target in volumes:
             raise ValueError(f"cannot synthesise {target!r} from {', '.join(volumes)}")
@@ -233,7 +264,7 @@ class VolumePredictor:
             inputs, available = normalize_inputs(volumes, settings)
             shape = inputs.shape[1:]
             self._check_fits(shape)
-            background = background_vote([foreground(volumes[m]) for m in settings.modalities if m in volumes])
+            background = input_background(volumes, settings)
             volume = self._to_device(inputs)
             available_t = torch.from_numpy(available).to(device)
             synthesis = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -256,13 +287,16 @@ class VolumePredictor:
             return to_output(result, background, settings.normalization[target], settings)
 
     def _check_fits(self, shape: tuple[int, int, int]) -> None:
-        """ValueError when the slices of some view through a volume of `shape` exceed the model's input."""
+        """ValueError when the slices of some view through a volume of `shape` exceed the model's input and the
+        task has no sliding windows."""
         size = self.settings.image_size
+        if self.settings.window_overlap is not None:
+            return
         planes = {view: in_plane_shape(shape, view) for view in self.settings.views}
         too_large = [f"{view} slices of {h}x{w}" for view, (h, w) in planes.items() if max(h, w) > size]
         if too_large:
             raise ValueError(f"{', '.join(too_large)} exceed the model's {size}x{size} input "
-                             "(sliding windows are not supported yet)")
+                             "(this task has no sliding windows)")
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         """`array` on the device: shared, not copied, on a CPU; through pinned memory, non-blocking, on a GPU."""
@@ -289,9 +323,19 @@ class VolumePredictor:
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
             x = batch_input(stack, start, stop, k, self.memory_format)
-            out[start:stop] = self._generate(x, available, target, view)[:, 0]
+            out[start:stop] = self._windows(x, available, target, view)[:, 0]
             on_batch()
         return out
+
+    def _windows(self, x: torch.Tensor, available: torch.Tensor, target: int, view: str) -> torch.Tensor:
+        """The generator on slices `x` of the model's input size, or on slices larger than that through
+        MONAI's sliding windows (input-size windows, the task's overlap, Gaussian blending)."""
+        size = self.settings.image_size
+        if x.shape[-2:] == (size, size):
+            return self._generate(x, available, target, view)
+        return sliding_window_inference(x, (size, size), self.batch_size, self._generate, self.settings.window_overlap,
+                                        mode="gaussian", padding_mode="constant", cval=self.settings.fill,
+                                        available=available, target=target, view=view)
 
     def _generate(self, x: torch.Tensor, available: torch.Tensor, target: int, view: str) -> torch.Tensor:
         """The generator on one batch `x`; `available` is the (M,) mask of the case."""

@@ -39,6 +39,17 @@ def in_plane_shape(shape: tuple[int, int, int], view: str) -> tuple[int, int]:
     return h, w
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per axis) holding every True voxel of `mask`; ValueError when there is none."""
+    if not mask.any():
+        raise ValueError("no foreground voxel")
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def pad_amounts(n: int, size: int) -> tuple[int, int]:
     """(before, after) padding that brings a side of length `n` to `size`."""
     if n > size:

@@ -1,34 +1,72 @@
-"""Intensity normalisation, its inverse, and the background vote (numpy, float32, vectorised)."""
+"""Intensity normalisation, its inverse, foreground masks and the background vote (numpy, float32, vectorised).
+
+The normalisations themselves are data (`infer.tasks.ZScoreNorm`, `PercentileNorm`, `WindowNorm`); this module
+says what each one does.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 
-from infer.tasks import ZScoreNorm
-
-
-def foreground(volume: np.ndarray) -> np.ndarray:
-    """Boolean mask of voxels that carry signal (> 0 once negatives are treated as 0)."""
-    return volume > 0
+from infer.tasks import Normalization, PercentileNorm, WindowNorm, ZScoreNorm
 
 
-def normalize(volume: np.ndarray, norm: ZScoreNorm) -> np.ndarray:
-    """Negatives -> 0, clip at `norm.clip_max`, z-score, background (voxels that were <= 0) -> `norm.background`."""
+def foreground(volume: np.ndarray, norm: Normalization | None = None) -> np.ndarray:
+    """Boolean mask of the voxels that carry signal under `norm` (default: > 0, negatives counting as 0)."""
+    if isinstance(norm, WindowNorm):
+        return volume > norm.low
+    mask = volume > 0
+    if isinstance(norm, PercentileNorm):
+        if norm.foreground_fraction > 0:
+            mask = volume > norm.foreground_fraction * volume.max()
+        if norm.fill_holes:
+            mask = binary_fill_holes(mask)
+    return mask
+
+
+def normalize(volume: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Raw volume -> normalised float32 with background (outside `foreground`) set to `norm.background`.
+
+    z-score: negatives -> 0, clip at `clip_max`, (x - mean) / std. Percentile: the case's `low`/`high`
+    percentiles of the foreground -> -1/1, clipped. Window: [low, high] -> [-1, 1], clipped.
+    """
     v = np.asarray(volume, dtype=np.float32)
-    out = np.clip(v, 0.0, norm.clip_max)
-    out -= np.float32(norm.mean)
-    out /= np.float32(norm.std)
-    out[~foreground(v)] = norm.background
+    fg = foreground(v, norm)
+    if isinstance(norm, ZScoreNorm):
+        out = np.clip(v, 0.0, norm.clip_max)
+        out -= np.float32(norm.mean)
+        out /= np.float32(norm.std)
+    else:
+        if isinstance(norm, PercentileNorm):
+            low, high = (np.percentile(v[fg], [norm.low, norm.high]) if fg.any() else (0.0, 1.0))
+        else:
+            low, high = norm.low, norm.high
+        out = np.clip(v, low, high)
+        out -= np.float32(low)
+        out *= np.float32(2.0 / max(float(high - low), 1e-6))
+        out -= np.float32(1.0)
+    out[~fg] = norm.background
     return out
 
 
-def denormalize(x: np.ndarray, norm: ZScoreNorm) -> np.ndarray:
-    """Inverse of `normalize` on the signal range: x * std + mean, negatives -> 0 (float32)."""
-    out = np.asarray(x, dtype=np.float32) * np.float32(norm.std)
-    out += np.float32(norm.mean)
-    np.maximum(out, 0.0, out=out)
-    return out
+def denormalize(x: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Inverse of `normalize` on the signal range (float32): z-score x * std + mean with negatives -> 0; window
+    back to [low, high]. ValueError for a per-case (percentile) normalisation, which has no inverse."""
+    out = np.asarray(x, dtype=np.float32)
+    if isinstance(norm, ZScoreNorm):
+        out = out * np.float32(norm.std)
+        out += np.float32(norm.mean)
+        np.maximum(out, 0.0, out=out)
+        return out
+    if isinstance(norm, WindowNorm):
+        out = np.clip(out, -1.0, 1.0) + np.float32(1.0)
+        out *= np.float32((norm.high - norm.low) / 2.0)
+        out += np.float32(norm.low)
+        return out
+    raise ValueError(f"{type(norm).__name__} is per case and cannot be inverted; an output modality needs a "
+                     "z-score or window normalisation")
 
 
 def background_vote(foregrounds: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,51 +1,32 @@
-"""Synthetic BraTS-format sample cases: `python -m infer.sample --output DIR [--cases N] [--seed S] [--drop MOD]`.
+"""Synthetic sample cases: `python -m infer.sample --output DIR [--task T] [--cases N] [--seed S] [--drop MOD]`.
 
-Each case is 240x240x155 at 1 mm in the BraTS LPS orientation, int16 like BraTS: a skull-stripped brain with
-cortical grey matter, white matter, deep grey matter and ventricles, a glioma-like tumour (necrotic core,
-enhancing rim, oedema) with its `-seg` (1 NETC, 2 ED, 3 ET), per-modality tissue contrast modelled on real
-BraTS medians, a smooth multiplicative bias field and Rician noise. For demos and tests, not for science.
+brasyn (default): 240x240x155 at 1 mm in the BraTS LPS orientation, int16 like BraTS: a skull-stripped brain
+with cortical grey matter, white matter, deep grey matter, ventricles and cortical veins, a glioma-like tumour
+(necrotic core, enhancing rim, oedema) with its `-seg` (1 NETC, 2 ED, 3 ET), per-modality tissue contrast
+modelled on real BraTS medians, per-sequence resolution, a smooth multiplicative bias field and Rician noise.
+mr2ct: paired head T1 MR and CT (`infer.head_sample`); us2mr: intra-operative ultrasound with the registered
+T2w and FLAIR (`infer.us_sample`). For demos and tests, not for science.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from infer.tasks import BRATS_MODALITIES
+from infer.head_sample import make_head_case
+from infer.us_sample import make_us_case
+from infer.phantom import SEG_LABELS, TISSUES, SampleCase, render, smooth_noise, write_case
+from infer.tasks import BRATS_MODALITIES, TASKS
 
 SHAPE = (240, 240, 155)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
 """BraTS orientation (LPS, 1 mm), as in the public BraTS cases."""
 
-TISSUES = ("wm", "gm", "deep_gm", "csf", "necrosis", "enhancing", "oedema")
-# Mean intensity of each tissue per modality (raw scanner-like units, relative contrasts after real BraTS cases).
-CONTRAST: dict[str, dict[str, float]] = {
-    "t1c": {"wm": 1500, "gm": 1150, "deep_gm": 1250, "csf": 450, "necrosis": 1100, "enhancing": 3600, "oedema": 1500},
-    "t1n": {"wm": 950, "gm": 720, "deep_gm": 800, "csf": 300, "necrosis": 600, "enhancing": 850, "oedema": 780},
-    "t2f": {"wm": 900, "gm": 1150, "deep_gm": 1050, "csf": 200, "necrosis": 1300, "enhancing": 1500, "oedema": 1750},
-    "t2w": {"wm": 420, "gm": 650, "deep_gm": 560, "csf": 1900, "necrosis": 1800, "enhancing": 700, "oedema": 1100},
-}
-SEG_LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 3}
-
-
-@dataclass(frozen=True)
-class SampleCase:
-    name: str
-    images: dict[str, np.ndarray]  # modality -> int16 volume
-    seg: np.ndarray  # uint8 labels
-
-
-def _smooth_noise(rng: np.random.Generator, coarse: tuple[int, int, int], shape: tuple[int, ...] = SHAPE) -> np.ndarray:
-    """Zero-mean, unit-ish smooth random field: coarse Gaussian noise upsampled trilinearly."""
-    grid = torch.from_numpy(rng.standard_normal(coarse).astype(np.float32))[None, None]
-    return F.interpolate(grid, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+def _smooth_noise(rng: np.random.Generator, coarse: tuple[int, int, int]) -> np.ndarray:
+    return smooth_noise(rng, coarse, SHAPE)
 
 
 def _coords() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,6 +54,8 @@ def tissue_map(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     tissue[brain & (r > 0.975)] = code["csf"]  # thin CSF layer at the surface
     sulci = brain & (r > 0.8) & (np.abs(_smooth_noise(rng, (36, 36, 24))) < 0.12)
     tissue[sulci] = code["csf"]
+    veins = brain & (r > 0.9) & (np.abs(_smooth_noise(rng, (20, 20, 14))) < 0.035)  # thin tortuous strips
+    tissue[veins] = code["vessel"]
     for side in (-1, 1):  # deep grey matter and lateral ventricles
         tissue[_ellipsoid(x, y, z, centre + [side * 14, 2, -2], [9, 13, 9]) < 1] = code["deep_gm"]
         vent = _ellipsoid(x, y, z, centre + [side * 7, -4, 8], [5, 26, 8]) + 0.15 * _smooth_noise(rng, (8, 8, 6))
@@ -89,54 +72,37 @@ def tissue_map(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return tissue, seg
 
 
-def render(tissue: np.ndarray, modality: str, rng: np.random.Generator) -> np.ndarray:
-    """Intensity volume of one modality: tissue means with texture, partial volume, bias field and Rician noise."""
-    means = np.zeros(len(TISSUES) + 1, dtype=np.float32)
-    for i, name in enumerate(TISSUES):
-        means[i + 1] = CONTRAST[modality][name] * rng.uniform(0.93, 1.07)
-    image = means[tissue]
-    image *= 1 + 0.04 * _smooth_noise(rng, (40, 40, 26))  # tissue texture
-    blurred = F.avg_pool3d(torch.from_numpy(image)[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0].numpy()
-    brain = tissue > 0
-    image = np.where(brain, blurred, 0.0).astype(np.float32)  # partial volume inside, sharp skull-stripped edge
-    image *= 1 + 0.08 * _smooth_noise(rng, (3, 3, 3))  # bias field
-    sigma = 0.02 * means[1]
-    noisy = np.hypot(image + sigma * rng.standard_normal(SHAPE, dtype=np.float32), sigma * rng.standard_normal(SHAPE, dtype=np.float32))
-    return np.where(brain, np.clip(np.rint(noisy), 1, np.iinfo(np.int16).max), 0).astype(np.int16)
-
-
 def make_case(name: str, seed: int) -> SampleCase:
     rng = np.random.default_rng(seed)
     tissue, seg = tissue_map(rng)
-    return SampleCase(name, {m: render(tissue, m, rng) for m in BRATS_MODALITIES}, seg)
-
-
-def write_case(case: SampleCase, output: Path, drop: str | None = None) -> Path:
-    """Write `output/<case>/<case>-<mod>.nii.gz` (+ `-seg`), leaving out modality `drop`."""
-    folder = output / case.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for modality, volume in case.images.items():
-        if modality != drop:
-            nib.save(nib.Nifti1Image(volume, AFFINE), folder / f"{case.name}-{modality}.nii.gz")
-    nib.save(nib.Nifti1Image(case.seg, AFFINE), folder / f"{case.name}-seg.nii.gz")
-    return folder
+    return SampleCase(name, {m: render(tissue, m, rng) for m in BRATS_MODALITIES}, seg, AFFINE)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infer.sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, required=True, help="folder to write BraTS-layout cases into")
+    parser.add_argument("--output", type=Path, required=True, help="folder to write case folders into")
+    parser.add_argument("--task", choices=tuple(MAKERS), default="brasyn",
+                        help="brasyn: BraTS cases (default); mr2ct: paired head T1 MR and CT; us2mr: ultrasound with T2w/FLAIR")
     parser.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
-    parser.add_argument("--drop", default=None, help="modality to leave out of every case, or 'random' (default: keep all four)")
-    parser.add_argument("--prefix", default="BraTS-SYN", help="case name prefix (default BraTS-SYN)")
+    parser.add_argument("--drop", default=None,
+                        help="modality to leave out of every case, or 'random' (default: keep all of them)")
+    parser.add_argument("--prefix", default=None, help="case name prefix (default BraTS-SYN, HEAD-SYN, US-SYN by task)")
     args = parser.parse_args(argv)
-    if args.drop not in (None, "random", *BRATS_MODALITIES):
-        parser.error(f"--drop must be one of {', '.join(BRATS_MODALITIES)} or 'random'")
+    modalities = TASKS[args.task].modalities
+    if args.drop not in (None, "random", *modalities):
+        parser.error(f"--drop must be one of {', '.join(modalities)} or 'random'")
+    make, prefix = MAKERS[args.task]
     rng = np.random.default_rng(args.seed)
     for i in tqdm(range(args.cases), desc="sample cases", unit="case", file=sys.stderr):
-        drop = rng.choice(BRATS_MODALITIES) if args.drop == "random" else args.drop
-        write_case(make_case(f"{args.prefix}-{args.seed + i:05d}-000", args.seed + i), args.output, drop)
+        drop = rng.choice(modalities) if args.drop == "random" else args.drop
+        write_case(make(f"{args.prefix or prefix}-{args.seed + i:05d}-000", args.seed + i), args.output, drop)
     return 0
+
+
+MAKERS = {"brasyn": (make_case, "BraTS-SYN"), "mr2ct": (make_head_case, "HEAD-SYN"),
+          "us2mr": (make_us_case, "US-SYN")}
+"""Case generator and default name prefix per task."""
 
 
 if __name__ == "__main__":

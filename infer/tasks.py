@@ -4,7 +4,8 @@ This module is the one place that names the BraTS modalities and holds the BraSy
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 BRATS_MODALITIES: tuple[str, ...] = ("t1c", "t1n", "t2f", "t2w")
 """BraTS MRI modalities in the order the published BraSyn generator uses (channel index = position)."""
@@ -24,6 +25,53 @@ class ZScoreNorm:
     background: float = -1.0
 
 
+@dataclass(frozen=True)
+class PercentileNorm:
+    """Per-case scaling of one modality: the `low`/`high` percentiles of its foreground map to -1/1 (clipped).
+
+    Foreground: voxels above `foreground_fraction` x the case's maximum (0: above 0), with enclosed holes filled
+    when `fill_holes` (a head mask from an MR whose skull is dark). Background -> `background`. There is no
+    inverse: a per-case scale is for inputs only.
+    """
+
+    low: float
+    high: float
+    foreground_fraction: float = 0.0
+    fill_holes: bool = False
+    background: float = -1.0
+
+
+@dataclass(frozen=True)
+class WindowNorm:
+    """A fixed intensity window (e.g. CT [-1000, 3000] HU) mapped linearly to [-1, 1], clipped; the inverse maps
+    back. Foreground: voxels above `low` (for CT, everything denser than air); background = -1 = `low`."""
+
+    low: float
+    high: float
+    background: float = -1.0
+
+
+Normalization = ZScoreNorm | PercentileNorm | WindowNorm
+"""Any per-modality intensity normalisation (see `infer.intensity` for what each does)."""
+
+NORMALIZATION_KINDS: dict[str, type] = {"zscore": ZScoreNorm, "percentile": PercentileNorm, "window": WindowNorm}
+
+
+def norm_to_json(norm: Normalization) -> dict[str, Any]:
+    """JSON form of a normalisation: its fields, plus `kind` except for z-score (the format's original form)."""
+    kind = next(k for k, cls in NORMALIZATION_KINDS.items() if isinstance(norm, cls))
+    return asdict(norm) if kind == "zscore" else {"kind": kind, **asdict(norm)}
+
+
+def norm_from_json(data: dict[str, Any]) -> Normalization:
+    """Inverse of `norm_to_json`."""
+    fields_ = dict(data)
+    kind = fields_.pop("kind", "zscore")
+    if kind not in NORMALIZATION_KINDS:
+        raise ValueError(f"unknown normalisation kind {kind!r}; known: {', '.join(NORMALIZATION_KINDS)}")
+    return NORMALIZATION_KINDS[kind](**fields_)
+
+
 BRASYN_NORMALIZATION: dict[str, ZScoreNorm] = {
     # 99.5th percentile of non-zero voxels; mean/std after clipping (BraTS 2025 GLI+MET training set).
     "t1c": ZScoreNorm(clip_max=8664.0, mean=1066.3375, std=1301.7006),
@@ -41,13 +89,19 @@ class TaskSpec:
     min_inputs / max_inputs: how many of them a case must provide.
     normalization: default per-modality statistics (a checkpoint's own statistics take precedence).
     default_views: slicing views used when neither the user nor the checkpoint says otherwise.
-    targets: the modalities that may be synthesised (empty = any of `modalities`); every target a case lacks
-        is synthesised, so a case must lack at least one.
+    targets: the modalities that may be synthesised (empty = any of `modalities`).
+    default_targets: the targets a case lacking them gets unless the user names others (empty = all `targets`);
+        a case must lack at least one of them.
+    inputs: the modalities that may be given (empty = any of `modalities`).
     file_name: how an input file and an output file are named, as a format string of `case` and `modality`.
     ignored: names in the `modality` position of files that belong to a case but are not inputs (skipped).
     output_offset: added after denormalising (output units = denormalised value + offset).
     output_background: value of the output where the inputs' majority vote says background.
     output_dtype: numpy dtype name of the written output.
+    window_overlap: slices larger than the model's input are covered by sliding windows of the input's size
+        with this overlap and Gaussian blending (None: such slices are an error).
+    crop_to: the input modality whose foreground bounding box the engine crops every volume to before
+        synthesis (the rest of the output is background), or None.
 
     The output header is the one of the first available input in `modalities` order, with `output_dtype`.
     An MR -> CT task with CT normalised as HU + 1000 would read: modalities ("t1", "ct"), min_inputs =
@@ -58,19 +112,37 @@ class TaskSpec:
     modalities: tuple[str, ...]
     min_inputs: int
     max_inputs: int
-    normalization: dict[str, ZScoreNorm] = field(default_factory=dict)
+    normalization: dict[str, Normalization] = field(default_factory=dict)
     default_views: tuple[str, ...] = ("axial",)
     targets: tuple[str, ...] = ()
+    default_targets: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
     file_name: str = "{case}-{modality}.nii.gz"
     ignored: tuple[str, ...] = ()
     output_offset: float = 0.0
     output_background: float = 0.0
     output_dtype: str = "float32"
+    window_overlap: float | None = None
+    crop_to: str | None = None
 
     @property
     def target_modalities(self) -> tuple[str, ...]:
         """The modalities that may be synthesised."""
         return self.targets or self.modalities
+
+    @property
+    def requested_targets(self) -> tuple[str, ...]:
+        """The modalities synthesised where a case lacks them."""
+        return self.default_targets or self.target_modalities
+
+    @property
+    def input_modalities(self) -> tuple[str, ...]:
+        """The modalities a case may provide."""
+        return self.inputs or self.modalities
+
+    def inputs_for(self, target: str) -> tuple[str, ...]:
+        """The modalities a model synthesising `target` is given (when a case has them)."""
+        return tuple(m for m in self.input_modalities if m != target)
 
 
 BRASYN = TaskSpec(
@@ -86,7 +158,48 @@ BRASYN = TaskSpec(
     output_dtype="float32",
 )
 
-TASKS: dict[str, TaskSpec] = {BRASYN.name: BRASYN}
+MR2CT = TaskSpec(
+    name="mr2ct",
+    modalities=("t1", "ct"),
+    min_inputs=1,
+    max_inputs=1,
+    normalization={
+        # MR: per-case 1st-99.9th percentile of the head to [-1, 1]; the head mask (voxels above 5% of the
+        # maximum, enclosed holes such as the dark skull filled) decides the output's background.
+        "t1": PercentileNorm(low=1.0, high=99.9, foreground_fraction=0.05, fill_holes=True),
+        "ct": WindowNorm(low=-1000.0, high=3000.0),  # Hounsfield units; -1 = air
+    },
+    default_views=("axial",),
+    targets=("ct",),
+    file_name="{case}-{modality}.nii.gz",  # <case>-t1.nii.gz in, <case>-ct.nii.gz out on the MR grid
+    output_background=-1000.0,  # air outside the head
+    output_dtype="int16",
+    window_overlap=0.75,  # native in-plane size: 256x256 windows, Gaussian blending
+)
+
+US2MR = TaskSpec(
+    name="us2mr",
+    modalities=("us", "t2w", "t2f"),
+    min_inputs=1,
+    max_inputs=1,
+    normalization={
+        # Ultrasound: per-case 2nd-98th percentile of its foreground (> 1% of the maximum) to [-1, 1].
+        "us": PercentileNorm(low=2.0, high=98.0, foreground_fraction=0.01),
+        # MR: foreground z-score with dataset statistics (the BraTS ones until `train stats` gives others).
+        "t2w": BRASYN_NORMALIZATION["t2w"],
+        "t2f": BRASYN_NORMALIZATION["t2f"],
+    },
+    default_views=("axial",),
+    targets=("t2w", "t2f"),
+    default_targets=("t2w",),  # FLAIR when asked: --targets t2w t2f
+    inputs=("us",),
+    file_name="{case}-{modality}.nii.gz",  # <case>-us.nii.gz in, <case>-t2w.nii.gz out on the ultrasound grid
+    output_background=0.0,
+    output_dtype="float32",
+    crop_to="us",  # synthesise the ultrasound's foreground box only, paste it back
+)
+
+TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR)}
 
 VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 """Slicing views; the position is the view index the generator's view embedding receives.

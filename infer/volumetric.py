@@ -21,8 +21,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from infer.engine import EngineSettings, normalize_inputs, to_output
-from infer.intensity import background_vote, foreground
+from infer.engine import EngineSettings, input_background, normalize_inputs, to_output
 from infer.tasks import TaskSpec
 
 WINDOW_KEY = "sliding_window"
@@ -125,7 +124,7 @@ class PatchVolumePredictor:
             raise ValueError(f"cannot synthesise {target!r} from {', '.join(volumes)}")
         clock = _StageClock(timings)
         inputs, available = normalize_inputs(volumes, settings)
-        background = background_vote([foreground(volumes[m]) for m in settings.modalities if m in volumes])
+        background = input_background(volumes, settings)
         box = signal_box(inputs, settings.fill)
         x = torch.from_numpy(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(device)
         available_t = torch.from_numpy(available)[None].to(device)

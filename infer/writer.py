@@ -47,7 +47,11 @@ def open_for_writing(path: Path, compression_level: int) -> Iterator[BinaryIO]:
 def write_nifti(path: Path, volume: np.ndarray, reference: nib.Nifti1Image, dtype: str = "float32",
                 compression_level: int = DEFAULT_COMPRESSION_LEVEL) -> Path:
     """Write `volume` atomically to `path` with the affine and header of `reference`, stored as `dtype`
-    (no intensity scaling), gzip-compressed at `compression_level` when `path` ends in .gz."""
+    (no intensity scaling; rounded and clipped to the range of an integer `dtype`), gzip-compressed at
+    `compression_level` when `path` ends in .gz."""
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        limits = np.iinfo(dtype)
+        volume = np.clip(np.rint(volume), limits.min, limits.max)
     data = np.asarray(volume, dtype=dtype)
     image = type(reference)(data, reference.affine, reference.header)
     image.set_data_dtype(data.dtype)

@@ -17,12 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from infer.tasks import ZScoreNorm
+from infer.tasks import Normalization, norm_from_json, norm_to_json
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
+from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -34,6 +35,8 @@ NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "segmenter": (SliceSegmenter, SegmenterConfig),
     "refiner": (Refiner3D, RefinerConfig),
     "generator3d": (Generator3D, Generator3DConfig),
+    "unet": (Pix2PixUNet, UNetConfig),
+    "multiscale_discriminator": (MultiScaleDiscriminator, MultiScaleConfig),
 }
 
 
@@ -48,19 +51,19 @@ class CheckpointMeta:
     kind: str
     task: str
     modalities: tuple[str, ...]
-    normalization: dict[str, ZScoreNorm] = field(default_factory=dict)
+    normalization: dict[str, Normalization] = field(default_factory=dict)
     views: tuple[str, ...] = ("axial",)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "task": self.task, "modalities": list(self.modalities),
-                "normalization": {m: asdict(n) for m, n in self.normalization.items()},
+                "normalization": {m: norm_to_json(n) for m, n in self.normalization.items()},
                 "views": list(self.views), "provenance": self.provenance}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckpointMeta:
         return cls(kind=data["kind"], task=data["task"], modalities=tuple(data["modalities"]),
-                   normalization={m: ZScoreNorm(**n) for m, n in data.get("normalization", {}).items()},
+                   normalization={m: norm_from_json(n) for m, n in data.get("normalization", {}).items()},
                    views=tuple(data.get("views", ("axial",))), provenance=dict(data.get("provenance", {})))
 
 

@@ -9,13 +9,11 @@ import pytest
 
 from infer import cli
 from infer.cli import main
-from infer.engine import EngineSettings, VolumePredictor
 from infer.intensity import background_vote, foreground
 from infer.qc import qc_centre
-from infer.runner import run
-from infer.tasks import BRASYN, TaskSpec, ZScoreNorm
+from infer.tasks import BRASYN
 
-from helpers import AFFINE, SMALL_SHAPE, CopyModel, run_cli, save_tiny_checkpoint, snapshot, write_case
+from helpers import AFFINE, SMALL_SHAPE, run_cli, save_tiny_checkpoint, snapshot, write_case
 
 CASE = "BraTS-GLI-00000-000"
 
@@ -158,19 +156,3 @@ def test_help_through_python_dash_m():
     for option in ("--task", "--input IN", "--output OUT", "--weights CKPT", "--views", "--device", "--batch-size N",
                    "--compile", "--compression-level L", "--qc", "--shard I/N", "--overwrite"):
         assert option in result.stdout
-
-
-def test_a_ct_like_task_runs_on_the_same_runner(tmp_path):
-    task = TaskSpec(name="mr2ct", modalities=("t1", "ct"), min_inputs=1, max_inputs=1, targets=("ct",),
-                    normalization={"t1": ZScoreNorm(5000.0, 800.0, 900.0), "ct": ZScoreNorm(4000.0, 1000.0, 500.0)},
-                    output_offset=-1000.0, output_background=-1000.0)
-    settings = EngineSettings(modalities=task.modalities, normalization=task.normalization, views=("axial",),
-                              image_size=32, output_offset=task.output_offset,
-                              output_background=task.output_background)
-    write_case(tmp_path / "in", "s1", ("t1",), flat=True)
-    summary = run(task, tmp_path / "in", tmp_path / "out", VolumePredictor(CopyModel(source=0), settings),
-                  progress=False)
-    assert summary.ok and summary.written == 1
-    output = nib.load(tmp_path / "out" / "s1-ct.nii.gz").get_fdata()
-    t1 = nib.load(tmp_path / "in" / "s1-t1.nii.gz").get_fdata()
-    assert (output[t1 == 0] == -1000.0).all() and (output[t1 > 0] > -1000.0).any()

@@ -18,10 +18,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from infer.head_sample import make_head_case
+from infer.phantom import SampleCase, write_case
 from infer.tasks import TASKS
-from models.checkpoint import CheckpointMeta, save_checkpoint
+from infer.us_sample import make_us_case
+from models.checkpoint import CheckpointMeta, kind_of, read_config, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
+from models.unet import Pix2PixUNet, UNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -144,24 +149,48 @@ def readonly(folder: Path) -> None:
         p.chmod(p.stat().st_mode & ~0o222)
 
 
+def tiny_model(task: str) -> torch.nn.Module:
+    """A small random network of the kind the task's bundled checkpoint holds (fast; the container contract
+    does not depend on the weights)."""
+    kind = read_config(REPO / "weights" / task)["kind"]
+    spec = TASKS[task]
+    if kind == "unet":
+        return Pix2PixUNet(UNetConfig(num_modalities=len(spec.modalities), channels=(8, 16, 32), image_size=64))
+    return HFGANGenerator(GeneratorConfig(dim=8, num_modalities=len(spec.modalities)))
+
+
+def task_inputs(task: str, folder: Path, brats_data: Path) -> tuple[str, Path]:
+    """One case of `task` written into `folder`: (the expected output name, the input whose grid it takes)."""
+    if task == "mr2ct":
+        case = make_head_case("HEAD-SYN-00001-000", 1, (96, 96, 8))
+        write_case(case, folder, drop="ct")
+        return f"{case.name}-ct.nii.gz", folder / case.name / f"{case.name}-t1.nii.gz"
+    if task == "us2mr":
+        case = make_us_case("US-SYN-00001-000", 1, (64, 64, 24))
+        write_case(SampleCase(case.name, {"us": case.images["us"]}, None, case.affine), folder)
+        return f"{case.name}-t2w.nii.gz", folder / case.name / f"{case.name}-us.nii.gz"
+    case = "BraTS-GLI-00000-000"
+    (folder / case).mkdir(parents=True)
+    for modality in ("t1c", "t1n", "t2f"):
+        shutil.copy(brats_data / case / f"{case}-{modality}.nii.gz", folder / case)
+    return f"{case}-t2w.nii.gz", brats_data / case / f"{case}-t1c.nii.gz"
+
+
 @pytest.mark.parametrize("task", task_names())
 def test_entrypoint_runs_like_the_image(task, brats_data):
-    case = "BraTS-GLI-00000-000"
     root = Path(tempfile.mkdtemp(prefix="brainsyn-image-"))
     try:
         root.chmod(0o755)
         app, env = build_app(root, task)
         weights = app / "weights" / task
-        if weights.exists():  # a tiny generator keeps the test fast; the contract does not depend on the weights
-            shutil.rmtree(weights)
+        shutil.rmtree(weights)
+        model = tiny_model(task)
         spec = TASKS[task]
-        save_checkpoint(HFGANGenerator(GeneratorConfig(dim=8, num_modalities=len(spec.modalities))), weights,
-                        CheckpointMeta(kind="generator", task=task, modalities=spec.modalities,
-                                       normalization=dict(spec.normalization)))
+        save_checkpoint(model, weights, CheckpointMeta(kind=kind_of(model), task=task, modalities=spec.modalities,
+                                                       normalization=dict(spec.normalization)))
         inputs, outputs = root / "input", root / "output"
-        (inputs / case).mkdir(parents=True)
-        for modality in ("t1c", "t1n", "t2f"):
-            shutil.copy(brats_data / case / f"{case}-{modality}.nii.gz", inputs / case)
+        inputs.mkdir()
+        expected, grid = task_inputs(task, inputs, brats_data)
         outputs.mkdir()
         outputs.chmod(0o777)
         readonly(inputs)
@@ -173,9 +202,9 @@ def test_entrypoint_runs_like_the_image(task, brats_data):
         result = subprocess.run(command, env=env, cwd=app, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         written = sorted(p.name for p in outputs.iterdir())
-        assert written == [f"{case}-t2w.nii.gz"]
+        assert written == [expected]
         out = nib.load(outputs / written[0])
-        ref = nib.load(brats_data / case / f"{case}-t1c.nii.gz")
+        ref = nib.load(grid)
         assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
         assert np.isfinite(np.asarray(out.dataobj)).all()
         if as_root:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from train.losses import AdversarialLoss, FeatureCosineLoss, FocalTverskyLoss, MaskedSSIMLoss
+from train.losses import AdversarialLoss, FeatureCosineLoss, FocalTverskyLoss, MaskedSSIMLoss, NGFLoss
 
 
 def test_adversarial_loss_known_values():
@@ -83,3 +83,21 @@ def test_focal_tversky_near_zero_for_a_perfect_prediction_and_differentiable():
     assert loss.item() < 1e-3
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_ngf_is_zero_for_identical_edges_whatever_the_contrast():
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    a = (0.3 * x + 0.1 * y ** 1.5)[None, None]  # no flat pixel
+    loss = NGFLoss(alpha=0.0)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(a, -5 * a + 2).item() == pytest.approx(0.0, abs=1e-6)  # contrast-inverted, same edges
+    assert NGFLoss(alpha=0.08)(10 * a, 10 * a).item() < 0.01  # edges much stronger than alpha
+    assert loss(x[None, None], y[None, None]).item() == pytest.approx(1.0)  # perpendicular edges
+
+
+def test_ngf_matches_a_hand_computed_value():
+    a = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])[None, None]  # gradient (x 1, y 0) everywhere
+    b = torch.tensor([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]])[None, None]  # gradient (x 1, y 1) everywhere
+    alpha = 0.5
+    # <ga, gb> = 1, |ga|^2 = 1, |gb|^2 = 2: 1 - 1 / ((1 + 0.25) * (2 + 0.25)) at every pixel
+    assert NGFLoss(alpha)(a, b).item() == pytest.approx(1.0 - 1.0 / (1.25 * 2.25))

@@ -15,15 +15,15 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from infer.geometry import in_plane_shape, to_slices, view_axis, with_context
+from infer.geometry import bounding_box, in_plane_shape, to_slices, view_axis, with_context
 from infer.intensity import foreground, normalize
-from infer.tasks import ZScoreNorm
+from infer.tasks import Normalization, norm_to_json
 from train.cases import TrainCase, load_case
 
 CACHE_FORMAT = 1
@@ -59,26 +59,28 @@ class CaseSlabs:
         return image, seg
 
 
-def brain_box(volumes: np.ndarray) -> tuple[slice, slice, slice]:
-    """Bounding box of the voxels that are foreground in any modality of (M, X, Y, Z) raw volumes."""
-    fg = foreground(volumes).any(axis=0)
-    if not fg.any():
-        raise ValueError("no foreground voxel in any modality")
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
+def foreground_masks(volumes: Mapping[str, np.ndarray], modalities: Sequence[str],
+                     norms: Mapping[str, Normalization]) -> np.ndarray:
+    """(M, X, Y, Z) bool: each modality's foreground under its normalisation."""
+    return np.stack([foreground(volumes[m], norms[m]) for m in modalities])
 
 
-def prepare_case(case: TrainCase, modalities: Sequence[str], norms: Mapping[str, ZScoreNorm],
+def brain_box(masks: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of the voxels that are foreground in any modality of (M, X, Y, Z) foreground masks."""
+    try:
+        return bounding_box(masks.any(axis=0))
+    except ValueError:
+        raise ValueError("no foreground voxel in any modality") from None
+
+
+def prepare_case(case: TrainCase, modalities: Sequence[str], norms: Mapping[str, Normalization],
                  views: Sequence[str]) -> list[CaseSlabs]:
     """Read, normalise and slice one case: one `CaseSlabs` per view."""
     volumes, seg = load_case(case, modalities)
-    raw = np.stack([volumes[m] for m in modalities])
-    box = brain_box(raw)
-    norm = np.stack([normalize(raw[(i, *box)], norms[m]) for i, m in enumerate(modalities)])
-    brain = foreground(raw[(slice(None), *box)])
+    masks = foreground_masks(volumes, modalities, norms)
+    box = brain_box(masks)
+    norm = np.stack([normalize(volumes[m], norms[m])[box] for m in modalities])
+    brain = masks[(slice(None), *box)]
     seg_box = seg[box] if seg is not None else None
     out = []
     for view in views:
@@ -92,7 +94,7 @@ def prepare_case(case: TrainCase, modalities: Sequence[str], norms: Mapping[str,
             images=np.ascontiguousarray(to_slices(norm, view), dtype=np.float16),
             seg=None if seg_box is None else np.ascontiguousarray(to_slices(seg_box, view)),
             origin=(box[axis].start, *in_plane),
-            shape=(raw.shape[1 + axis], *in_plane_shape(raw.shape[1:], view)),
+            shape=(masks.shape[1 + axis], *in_plane_shape(masks.shape[1:], view)),
             brain_pixels=brain_per_slice.astype(np.int64), tumour_pixels=tumour.astype(np.int64)))
     return out
 
@@ -103,8 +105,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp.name, path)
 
 
-def _norm_json(norms: Mapping[str, ZScoreNorm], modalities: Sequence[str]) -> dict:
-    return {m: asdict(norms[m]) for m in modalities}
+def _norm_json(norms: Mapping[str, Normalization], modalities: Sequence[str]) -> dict:
+    return {m: norm_to_json(norms[m]) for m in modalities}
 
 
 def write_case(folder: Path, slabs: Sequence[CaseSlabs], norms_json: dict) -> None:
@@ -147,7 +149,7 @@ def read_case(folder: Path, views: Sequence[str], norms_json: dict) -> list[Case
     return out
 
 
-def load_slabs(cases: Sequence[TrainCase], modalities: Sequence[str], norms: Mapping[str, ZScoreNorm],
+def load_slabs(cases: Sequence[TrainCase], modalities: Sequence[str], norms: Mapping[str, Normalization],
                views: Sequence[str], cache_dir: str | Path | None, progress: bool = True) -> list[CaseSlabs]:
     """Slabs of every case and view: read from `cache_dir` (preparing what is missing), or prepared in memory
     when `cache_dir` is None."""

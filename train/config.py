@@ -52,8 +52,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture keyword arguments of `models.*Config` (generator, discriminator, segmenter)."""
+    """The network family and the architecture keyword arguments of its `models.*Config` classes.
 
+    family: "hfgan" (HF-GAN generator + PatchGAN with modality head, `train.gan`) or "pix2pix" (U-Net +
+    multi-scale PatchGAN on (inputs, output) pairs, `train.pix2pix`; the task must have exactly one target).
+    """
+
+    family: str = "hfgan"
     generator: dict[str, Any] = field(default_factory=dict)
     discriminator: dict[str, Any] = field(default_factory=dict)
     segmenter: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +70,9 @@ class LossConfig:
 
     ssim_regions: SSIM loss regions averaged with equal weight: ["brain"] (whole) or ["healthy", "tumour"].
     segmenter: checkpoint folder of the frozen segmenter (needed when tversky > 0).
+    ngf / ngf_alpha: normalised-gradient-field term between the output and the first input (Pix2Pix).
+    background / background_margin: L1 towards the background value outside the inputs' foreground dilated by
+    this many pixels (Pix2Pix).
     tversky_alpha / tversky_beta: weights of false positives / false negatives; tversky_gamma: focal exponent.
     """
 
@@ -80,6 +88,10 @@ class LossConfig:
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
     tversky_gamma: float = 0.75
+    ngf: float = 0.0
+    ngf_alpha: float = 0.08
+    background: float = 0.0
+    background_margin: int = 2
 
 
 @dataclass

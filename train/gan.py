@@ -11,7 +11,7 @@ Every random draw comes from a generator seeded by (seed, step, rank), so a resu
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,15 +60,18 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def availability(batch: int, modalities: int, target: int, random_subsets: bool, gen: torch.Generator) -> torch.Tensor:
-    """(B, M) bool: every modality but `target`, or per sample a uniform count 1..M-1 of the others at random."""
-    available = torch.ones(batch, modalities, dtype=torch.bool)
-    available[:, target] = False
+def availability(batch: int, modalities: int, target: int, random_subsets: bool, gen: torch.Generator,
+                 inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, M) bool: every input modality (`inputs`, (M,) bool; default all) but `target`, or per sample a uniform
+    count 1..n of those n at random."""
+    candidates = torch.ones(modalities, dtype=torch.bool) if inputs is None else inputs.clone()
+    candidates[target] = False
+    available = candidates.expand(batch, modalities).clone()
     if random_subsets:
         scores = torch.rand(batch, modalities, generator=gen)
-        scores[:, target] = 2.0  # ranks last
+        scores[:, ~candidates] = 2.0  # ranks last
         rank = scores.argsort(dim=1).argsort(dim=1)
-        count = torch.randint(1, modalities, (batch, 1), generator=gen)
+        count = torch.randint(1, int(candidates.sum()) + 1, (batch, 1), generator=gen)
         available = rank < count
     return available
 
@@ -81,11 +84,15 @@ def cycle_target(available: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 class GanUpdate:
     """Runs one batch (every target modality); returns the mean of each loss term, and of the learning rate,
-    over the modalities' optimizer steps."""
+    over the modalities' optimizer steps.
+
+    targets: the model indices trained as targets (default all); inputs: (M,) bool of the modalities that may be
+    given (default all), e.g. only the ultrasound for us2mr."""
 
     def __init__(self, models: GanModels, weights: LossConfig, lr: Callable[[int], float], d_lr_factor: float,
                  grad_clip: float, context: int, fill: float, seed: int, rank: int, random_subsets: bool,
-                 amp: bool, channels_last: bool, use_view: bool) -> None:
+                 amp: bool, channels_last: bool, use_view: bool, targets: Sequence[int] | None = None,
+                 inputs: torch.Tensor | None = None) -> None:
         if any(r not in SSIM_REGIONS for r in weights.ssim_regions):
             raise ValueError(f"loss.ssim_regions must be among {', '.join(SSIM_REGIONS)}, got {weights.ssim_regions}")
         if not any(getattr(weights, name) for name in GENERATOR_TERMS):
@@ -93,6 +100,7 @@ class GanUpdate:
         self.models, self.weights, self.lr, self.d_lr_factor = models, weights, lr, d_lr_factor
         self.grad_clip, self.context, self.fill, self.seed, self.rank = grad_clip, context, fill, seed, rank
         self.random_subsets, self.amp, self.channels_last, self.use_view = random_subsets, amp, channels_last, use_view
+        self.targets, self.inputs = (None if targets is None else list(targets)), inputs
         self.adversarial = AdversarialLoss()
         self.feature = FeatureCosineLoss()
         self.ssim = MaskedSSIMLoss()
@@ -106,21 +114,23 @@ class GanUpdate:
         k, per = self.context, 2 * self.context + 1
         truth = x[:, k::per]  # (B, M, H, W) centre slices
         b, m = truth.shape[:2]
+        targets = self.targets or list(range(m))
+        n = len(targets)
         gen = step_generator(self.seed, step, self.rank)
-        first = int(torch.randint(m, (1,), generator=gen))
+        first = int(torch.randint(n, (1,), generator=gen))
         totals: dict[str, torch.Tensor] = {}
         lrs = []
-        for i in range(m):
-            target = (first + i) % m
-            available = availability(b, m, target, self.random_subsets, gen)
+        for i in range(n):
+            target = targets[(first + i) % n]
+            available = availability(b, m, target, self.random_subsets, gen, self.inputs)
             second = cycle_target(available, gen)
-            lrs.append(self.lr(step * m + i))
+            lrs.append(self.lr(step * n + i))
             logs = self._modality_step(x, truth, seg, view, target, available.to(x.device), second.to(x.device),
                                        lrs[-1])
             for name, value in logs.items():
-                totals[name] = totals.get(name, 0.0) + value / m
+                totals[name] = totals.get(name, 0.0) + value / n
         values = torch.stack(list(totals.values())).tolist()  # one device sync per batch
-        return {**dict(zip(totals, values)), "lr": sum(lrs) / m}
+        return {**dict(zip(totals, values)), "lr": sum(lrs) / n}
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda")

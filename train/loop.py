@@ -15,14 +15,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
-from models.discriminator import DiscriminatorConfig, PatchDiscriminator
-from models.generator import GeneratorConfig, HFGANGenerator
+from infer.tasks import TaskSpec
+from models.checkpoint import CheckpointMeta, NETWORKS, kind_of, load_model, save_checkpoint
+from models.discriminator import DiscriminatorConfig
+from models.generator import GeneratorConfig
+from models.unet import MultiScaleConfig, UNetConfig
 from train.cases import get_task
 from train.config import Config, ConfigError
 from train.curves import CsvLog, plot_curves
 from train.distributed import DistContext, barrier, init_distributed, mean_over_ranks, shutdown
 from train.gan import FeatureGenerator, GanModels, GanUpdate
+from train.pix2pix import Pix2PixModels, Pix2PixUpdate
 from train.run import RunData, build_data, image_size, make_loader, now, prepare_output, provenance, total_steps
 from train.sampler import ShardedBatches
 from train.schedule import scaled_lr, warmup_cosine
@@ -30,19 +33,39 @@ from train.state import check_resume, load_state, rng_state, save_state, set_rng
 from train.validate import engine_settings, plot_samples, validate, validation_plan
 
 
-def network_configs(cfg: Config, modalities: int) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+FAMILIES: dict[str, tuple[str, str]] = {"hfgan": ("generator", "discriminator"),
+                                        "pix2pix": ("unet", "multiscale_discriminator")}
+"""Network kinds (`models.checkpoint.NETWORKS`) of each `model.family`: (generator, discriminator)."""
+
+
+def network_configs(cfg: Config, modalities: int
+                    ) -> tuple[GeneratorConfig | UNetConfig, DiscriminatorConfig | MultiScaleConfig]:
     """Generator and discriminator sizes from `model.*`; both take the sample size (`data.crop` or
-    `data.slice_size`) and the number of modalities from the data."""
+    `data.slice_size`) and the number of modalities from the data (a Pix2Pix discriminator sees the inputs'
+    centre slices and the output: `single_target`'s inputs plus one channel)."""
+    if cfg.model.family not in FAMILIES:
+        raise ConfigError(f"model.family must be one of {', '.join(FAMILIES)}, got {cfg.model.family!r}")
     size = image_size(cfg)
     if cfg.model.generator.get("image_size", size) != size:
         raise ConfigError(f"model.generator.image_size is set by the data (data.crop or data.slice_size: {size})")
+    gen_kind, disc_kind = FAMILIES[cfg.model.family]
+    disc_sizes = {"image_size": size, "num_classes": modalities} if cfg.model.family == "hfgan" \
+        else {"image_size": size, "in_channels": len(single_target(get_task(cfg.data.task))[1]) + 1}
     try:
-        gen = GeneratorConfig(**{**cfg.model.generator, "num_modalities": modalities, "image_size": size})
-        disc = DiscriminatorConfig(**{**cfg.model.discriminator, "image_size": gen.image_size,
-                                      "num_classes": modalities})
-    except TypeError as err:
+        gen = NETWORKS[gen_kind][1](**{**cfg.model.generator, "num_modalities": modalities, "image_size": size})
+        disc = NETWORKS[disc_kind][1](**{**cfg.model.discriminator, **disc_sizes})
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from None
     return gen, disc
+
+
+def single_target(task: TaskSpec) -> tuple[int, list[int]]:
+    """(target index, input indices) of the Pix2Pix family: the task's one default target and its inputs."""
+    if len(task.requested_targets) != 1:
+        raise ConfigError(f"model.family pix2pix needs a task with one default target; {task.name} has "
+                          f"{', '.join(task.requested_targets)}")
+    target = task.requested_targets[0]
+    return task.modalities.index(target), [task.modalities.index(m) for m in task.inputs_for(target)]
 
 
 def load_segmenter(cfg: Config, modalities: int, device: torch.device) -> torch.nn.Module | None:
@@ -75,8 +98,14 @@ class GanRun:
         self.data: RunData = build_data(cfg, ctx, self.gen_cfg.context_slices)
         device = ctx.device
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        self.generator = HFGANGenerator(self.gen_cfg).to(device)
-        self.discriminator = PatchDiscriminator(disc_cfg).to(device)
+        gen_kind, disc_kind = FAMILIES[cfg.model.family]
+        self.generator = NETWORKS[gen_kind][0](self.gen_cfg).to(device)
+        self.discriminator = NETWORKS[disc_kind][0](disc_cfg).to(device)
+        self.pix2pix = cfg.model.family == "pix2pix"
+        task = self.data.task
+        self.targets = [task.modalities.index(m) for m in task.target_modalities]
+        self.inputs = torch.tensor([m in task.input_modalities for m in task.modalities])
+        self.steps_per_batch = 1 if self.pix2pix else len(self.targets)  # optimizer steps
         if cfg.train.channels_last:
             self.generator.to(memory_format=torch.channels_last)
             self.discriminator.to(memory_format=torch.channels_last)
@@ -92,30 +121,42 @@ class GanRun:
         self.step = 0
         if resume:
             self._resume()
-        self.update = GanUpdate(self._wrapped_models(), cfg.loss, self._lr, cfg.optim.d_lr_factor,
-                                cfg.optim.grad_clip, self.gen_cfg.context_slices, self.data.fill, cfg.train.seed,
-                                ctx.rank, cfg.train.random_subsets, cfg.train.amp, cfg.train.channels_last,
-                                self.gen_cfg.num_views > 0)
+        self.update = self._make_update()
         self.log = CsvLog(self.out / "log.csv", self.step if resume else None) if ctx.is_main else None
         self.val_log = CsvLog(self.out / "validation.csv", self.step if resume else None) if ctx.is_main else None
 
+    def _make_update(self) -> GanUpdate | Pix2PixUpdate:
+        cfg, ctx = self.cfg, self.ctx
+        generator, discriminator = self._wrap(self.generator if self.pix2pix else FeatureGenerator(self.generator),
+                                              self.discriminator)
+        if self.pix2pix:
+            target, inputs = single_target(self.data.task)
+            return Pix2PixUpdate(Pix2PixModels(generator, discriminator, self.discriminator, self.opt_g, self.opt_d),
+                                 cfg.loss, self._lr, cfg.optim.d_lr_factor, cfg.optim.grad_clip,
+                                 self.gen_cfg.context_slices, self.data.fill, target, inputs, cfg.train.amp,
+                                 cfg.train.channels_last)
+        segmenter = load_segmenter(cfg, self.gen_cfg.num_modalities, ctx.device)
+        models = GanModels(generator, discriminator, self.discriminator, segmenter, self.opt_g, self.opt_d)
+        return GanUpdate(models, cfg.loss, self._lr, cfg.optim.d_lr_factor, cfg.optim.grad_clip,
+                         self.gen_cfg.context_slices, self.data.fill, cfg.train.seed, ctx.rank,
+                         cfg.train.random_subsets, cfg.train.amp, cfg.train.channels_last, self.gen_cfg.num_views > 0,
+                         self.targets, self.inputs)
+
     def _lr(self, opt_step: int) -> float:
-        modalities = self.gen_cfg.num_modalities
-        total = self.total * modalities
+        total = self.total * self.steps_per_batch
         warmup = max(math.ceil(self.cfg.optim.warmup_fraction * total), 1)
         return warmup_cosine(opt_step, total, self.peak_lr, warmup, self.cfg.optim.min_lr_fraction)
 
-    def _wrapped_models(self) -> GanModels:
-        generator: torch.nn.Module = FeatureGenerator(self.generator)
-        discriminator: torch.nn.Module = self.discriminator
+    def _wrap(self, generator: torch.nn.Module, discriminator: torch.nn.Module
+              ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The networks as the update calls them: under DDP and torch.compile when configured."""
         if self.ctx.distributed:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             generator = DistributedDataParallel(generator, device_ids=ids)
             discriminator = DistributedDataParallel(discriminator, device_ids=ids)
         if self.cfg.train.compile:
             generator, discriminator = torch.compile(generator), torch.compile(discriminator)
-        segmenter = load_segmenter(self.cfg, self.gen_cfg.num_modalities, self.ctx.device)
-        return GanModels(generator, discriminator, self.discriminator, segmenter, self.opt_g, self.opt_d)
+        return generator, discriminator
 
     def _state(self) -> dict:
         return {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
@@ -141,11 +182,11 @@ class GanRun:
     def run_validation(self) -> None:
         cfg = self.cfg
         if self.ctx.is_main:
-            plan = validation_plan(self.data.val_cases, self.data.modalities, cfg.run.validation_cases,
+            plan = validation_plan(self.data.val_cases, self.data.task.target_modalities, cfg.run.validation_cases,
                                    cfg.run.validation_all_targets, cfg.data.split_seed)
             if plan:
-                settings = engine_settings(self.generator, self.data.modalities, self.data.norms, cfg.data.views)
-                metrics, samples = validate(self.generator, settings, plan, str(self.ctx.device),
+                settings = engine_settings(self.generator, self.data.task, self.data.norms, cfg.data.views)
+                metrics, samples = validate(self.generator, self.data.task, settings, plan, str(self.ctx.device),
                                             cfg.run.validation_batch_size, cfg.run.progress)
                 self.val_log.append({"step": self.step, **metrics})
                 plot_samples(samples, self.out / f"validation-{self.step}.png")
@@ -188,12 +229,12 @@ class GanRun:
             return
         seconds = time.monotonic() - self.clock
         prov = provenance(self.cfg, self.data, self.step, self.global_batch, self.started, seconds,
-                          optimizer_steps=self.step * self.gen_cfg.num_modalities)
+                          optimizer_steps=self.step * self.steps_per_batch)
         if exported:
             prov["time"] = {"exported": prov["time"]["finished"], "exported_at_step": self.step,
                             "planned_steps": self.total}
         for name, model in (("generator", self.generator), ("discriminator", self.discriminator)):
-            meta = CheckpointMeta(kind=name, task=self.data.task.name, modalities=self.data.modalities,
+            meta = CheckpointMeta(kind=kind_of(model), task=self.data.task.name, modalities=self.data.modalities,
                                   normalization=self.data.norms, views=tuple(self.cfg.data.views), provenance=prov)
             save_checkpoint(model, self.out / name, meta)
 

@@ -84,3 +84,25 @@ class FocalTverskyLoss(nn.Module):
         with torch.autocast(logits.device.type, enabled=False):
             score = self.tversky(logits.float(), labels[:, None].long())  # 1 - TI: (B, C), or (C,) when batch
         return score.clamp_min(1e-6).pow(self.gamma).reshape(-1, logits.shape[1]).sum(dim=1).mean()
+
+
+class NGFLoss(nn.Module):
+    """Normalised-gradient-field dissimilarity of two images (B, 1, H, W): the mean over pixels of
+    1 - <grad a, grad b>^2 / ((|grad a|^2 + alpha^2) (|grad b|^2 + alpha^2)).
+
+    Gradients are central differences (one-sided at the borders, `torch.gradient`). Near 0 where the edges of
+    `a` and `b` are parallel and much stronger than `alpha` (exactly 0 for identical images with alpha = 0 and
+    no flat pixel), near 1 where they cross or where either image is flat: the term aligns edge directions
+    whatever the contrast (MR -> CT, thesis 003 eq. 1.4; alpha 0.08 on images in [-1, 1]).
+    """
+
+    def __init__(self, alpha: float = 0.08) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ay, ax = torch.gradient(a.float(), dim=(-2, -1))
+        by, bx = torch.gradient(b.float(), dim=(-2, -1))
+        eps2 = self.alpha ** 2
+        dot = ax * bx + ay * by
+        return (1.0 - dot ** 2 / ((ax ** 2 + ay ** 2 + eps2) * (bx ** 2 + by ** 2 + eps2))).mean()

@@ -6,7 +6,7 @@ import datetime
 import math
 import platform
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from infer.tasks import VIEWS, TaskSpec, ZScoreNorm
+from infer.tasks import VIEWS, Normalization, TaskSpec, norm_to_json
 from train.cache import load_slabs
 from train.cases import TrainCase, find_cases, get_task, split_cases
 from train.config import Config, ConfigError
@@ -27,7 +27,7 @@ from train.stats import load_stats
 @dataclass
 class RunData:
     task: TaskSpec
-    norms: dict[str, ZScoreNorm]
+    norms: dict[str, Normalization]
     train_cases: list[TrainCase]
     val_cases: list[TrainCase]
     dataset: SliceDataset
@@ -41,7 +41,7 @@ class RunData:
         return self.norms[self.modalities[0]].background
 
 
-def normalization(cfg: Config, task: TaskSpec) -> dict[str, ZScoreNorm]:
+def normalization(cfg: Config, task: TaskSpec) -> dict[str, Normalization]:
     """`data.stats` when given, else the task's published statistics."""
     return load_stats(cfg.data.stats, task.modalities) if cfg.data.stats else dict(task.normalization)
 
@@ -125,6 +125,6 @@ def provenance(cfg: Config, data: RunData, steps: int, global_batch: int, starte
             "data": {"roots": list(cfg.data.roots), "views": list(cfg.data.views),
                      "train_cases": len(data.train_cases), "train_slices": len(data.dataset),
                      "val_cases": [c.name for c in data.val_cases],
-                     "normalization": {m: asdict(n) for m, n in data.norms.items()}},
+                     "normalization": {m: norm_to_json(n) for m, n in data.norms.items()}},
             "time": {"started": started, "finished": now(), "train_seconds": round(seconds, 1)},
             "software": {"torch": torch.__version__, "python": platform.python_version()}, **extra}

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from infer.engine import EngineSettings, VolumePredictor
 from infer.metrics import image_metrics, percentile_normalize
-from infer.tasks import ZScoreNorm
+from infer.tasks import Normalization, TaskSpec
 from train.cases import TrainCase, load_case
 from train.curves import plt
 
@@ -47,13 +47,15 @@ def validation_plan(cases: Sequence[TrainCase], modalities: Sequence[str], limit
     return plan
 
 
-def engine_settings(generator: nn.Module, modalities: Sequence[str], norms: Mapping[str, ZScoreNorm],
+def engine_settings(generator: nn.Module, task: TaskSpec, norms: Mapping[str, Normalization],
                     views: Sequence[str]) -> EngineSettings:
-    """Inference settings of a generator being trained (what its checkpoint will say)."""
+    """Inference settings of a generator being trained on `task` (what its checkpoint will say)."""
     config = generator.config
-    return EngineSettings(modalities=tuple(modalities), normalization=dict(norms), views=tuple(views),
+    return EngineSettings(modalities=task.modalities, normalization=dict(norms), views=tuple(views),
                           image_size=config.image_size, context_slices=config.context_slices,
-                          view_embedding=config.num_views > 0)
+                          view_embedding=config.num_views > 0, output_offset=task.output_offset,
+                          output_background=task.output_background, window_overlap=task.window_overlap,
+                          crop_to=task.crop_to)
 
 
 def _picture_slice(reference: np.ndarray, seg: np.ndarray | None) -> int:
@@ -61,16 +63,17 @@ def _picture_slice(reference: np.ndarray, seg: np.ndarray | None) -> int:
     return int(score.sum(axis=(0, 1)).argmax())
 
 
-def validate(generator: nn.Module, settings: EngineSettings, plan: Sequence[tuple[TrainCase, str]],
+def validate(generator: nn.Module, task: TaskSpec, settings: EngineSettings, plan: Sequence[tuple[TrainCase, str]],
              device: str, batch_size: int, progress: bool = True) -> tuple[dict[str, float], list[Sample]]:
-    """Mean `REPORTED` metrics over `plan` and one picture per volume; the generator is left in train()."""
+    """Mean `REPORTED` metrics over `plan` and one picture per volume; the generator is left in train().
+    Each target is synthesised from the inputs `task` gives it."""
     predictor = VolumePredictor(generator, settings, batch_size=batch_size, device=device)
     scores: dict[str, list[float]] = {k: [] for k in REPORTED}
     samples = []
     try:
         for case, target in tqdm(plan, desc="validation", unit="volume", leave=False, disable=not progress):
             volumes, seg = load_case(case, settings.modalities)
-            inputs = {m: v for m, v in volumes.items() if m != target}
+            inputs = {m: volumes[m] for m in task.inputs_for(target)}
             prediction = predictor.predict(inputs, target)
             metrics = image_metrics(prediction, volumes[target], seg)
             for k in REPORTED:

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from infer.engine import VolumePredictor
 from infer.intensity import normalize
-from infer.tasks import ZScoreNorm
+from infer.tasks import Normalization, norm_to_json
 from models.checkpoint import WEIGHTS_FILE
-from train.cache import brain_box
+from train.cache import brain_box, foreground_masks
 from train.cases import TrainCase, load_case
 
 CACHE_FORMAT = 1
@@ -89,10 +89,10 @@ def _read_meta(folder: Path) -> dict | None:
     return meta if meta.get("format") == CACHE_FORMAT else None
 
 
-def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: Mapping[str, ZScoreNorm],
+def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: Mapping[str, Normalization],
                generator: GeneratorVolumes | None) -> VolumeCase:
     """The cached volumes of `case` in `folder`, made (or completed with the generator's volumes) when missing."""
-    norms_json = {m: asdict(norms[m]) for m in modalities}
+    norms_json = {m: norm_to_json(norms[m]) for m in modalities}
     meta = _read_meta(folder)
     if meta is not None and meta["normalization"] != norms_json:
         raise ValueError(f"{folder}: cached with other intensity statistics; use another data.cache_dir")
@@ -101,8 +101,8 @@ def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: 
     if meta is None or (generator is not None and meta["generator"] is None):
         folder.mkdir(parents=True, exist_ok=True)
         volumes, _ = load_case(case, modalities)
-        box = brain_box(np.stack([volumes[m] for m in modalities]))
-        _save_npy(folder / INPUTS_FILE, np.stack([normalize(volumes[m][box], norms[m]) for m in modalities])
+        box = brain_box(foreground_masks(volumes, modalities, norms))
+        _save_npy(folder / INPUTS_FILE, np.stack([normalize(volumes[m], norms[m])[box] for m in modalities])
                   .astype(np.float16))
         if generator is not None:
             for target in generator.targets:
@@ -120,7 +120,7 @@ def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: 
     return VolumeCase(case.name, np.load(folder / INPUTS_FILE, mmap_mode="r"), synthesis)
 
 
-def cache_volumes(cases: Sequence[TrainCase], modalities: Sequence[str], norms: Mapping[str, ZScoreNorm],
+def cache_volumes(cases: Sequence[TrainCase], modalities: Sequence[str], norms: Mapping[str, Normalization],
                   cache_dir: str | Path, generator: GeneratorVolumes | None = None,
                   progress: bool = True) -> list[VolumeCase]:
     """`cache_case` for every case (cases already cached are read, not redone)."""
