@@ -1,9 +1,11 @@
-"""Evaluate synthesised BraTS modalities (and trivial baselines) against the reference scans.
+"""Evaluate synthesised modalities (and, for BraSyn, trivial baselines) against the reference scans.
 
 Command line::
 
     python -m infer.evaluate --pred OUT --reference REF [--segmentations SEGDIR] [--baselines]
                              [--report report.html|report.md] [--csv per_case.csv] [--modalities t2f ...]
+    python -m infer.evaluate --task mr2ct|us2mr --pred OUT --reference REF   (scored inside the head / the
+                             ultrasound's field of view: `infer.metrics.field_metrics`)
 
 Layout: ``REF/<case>/<case>-{t1c,t1n,t2f,t2w}.nii.gz`` (+ optional ``<case>-seg.nii.gz``); predictions are flat,
 ``OUT/<case>-<modality>.nii.gz``, and every modality found for a case is scored. Segmentations of the completed
@@ -34,16 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from infer.baselines import BASELINES
-from infer.metrics import CHALLENGE_BORDER_CROP, IMAGE_METRICS, image_metrics, percentile_normalize
+from infer.intensity import foreground
+from infer.metrics import (CHALLENGE_BORDER_CROP, FIELD_METRICS, IMAGE_METRICS, field_metrics, image_metrics,
+                           percentile_normalize)
 from infer.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
-from infer.tasks import BRATS_MODALITIES
+from infer.tasks import BRASYN, BRATS_MODALITIES, TASKS, TaskSpec
 
 PREDICTION = "prediction"
 SEGMENTATION = "segmentation"
 TUMOUR_TYPES: tuple[str, ...] = ("GLI", "MET", "MEN")
 ROW_KEYS: tuple[str, ...] = ("case", "tumour_type", "source", "modality", "status", "detail")
 SEG_COLUMNS: tuple[str, ...] = seg_metric_names()
-METRIC_COLUMNS: tuple[str, ...] = (*IMAGE_METRICS, *SEG_COLUMNS)
+METRIC_COLUMNS: tuple[str, ...] = (*IMAGE_METRICS, *FIELD_METRICS, *SEG_COLUMNS)
 CSV_COLUMNS: tuple[str, ...] = (*ROW_KEYS, *METRIC_COLUMNS)
 SUMMARY_COLUMNS: tuple[str, ...] = ("group", "source", "modality", "metric", "n", "mean", "std", "median")
 
@@ -77,11 +81,11 @@ def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.asarray(data), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def reference_cases(reference_dir: Path) -> dict[str, Path]:
+def reference_cases(reference_dir: Path, modalities: Sequence[str] = BRATS_MODALITIES) -> dict[str, Path]:
     """Case name -> folder, for every sub-folder of `reference_dir` holding ``<case>-<modality>.nii.gz`` files."""
     cases = {}
     for d in sorted(p for p in Path(reference_dir).iterdir() if p.is_dir()):
-        if any((d / f"{d.name}-{m}.nii.gz").exists() for m in (*BRATS_MODALITIES, "seg")):
+        if any((d / f"{d.name}-{m}.nii.gz").exists() for m in (*modalities, "seg")):
             cases[d.name] = d
     return cases
 
@@ -178,12 +182,13 @@ def evaluate(
     predictions: str | Path | Predictions | None = None,
     segmentation_dir: str | Path | None = None,
     baselines: Iterable[str] = (),
-    modalities: Sequence[str] = BRATS_MODALITIES,
+    modalities: Sequence[str] | None = None,
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     border_crop: int = CHALLENGE_BORDER_CROP,
     cases: Iterable[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    task: TaskSpec = BRASYN,
 ) -> EvaluationResult:
     """Score predictions (a flat folder, or in-memory ``{case: {modality: volume}}``) and/or baselines.
 
@@ -191,6 +196,7 @@ def evaluate(
     `modalities` is synthesised from the other reference modalities). segmentation_dir: segmentations of the
     completed cases, scored per region against the reference ``-seg``. cases: restrict to these case names.
     log: where one-line errors and warnings go as they happen (default: stderr, above the progress bar).
+    task: the task whose outputs are scored, as its `metrics` says; modalities default to its targets.
     Returns an `EvaluationResult`; it never raises for a bad case file (see its ``errors``).
     """
     from tqdm import tqdm
@@ -199,9 +205,12 @@ def evaluate(
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
-    bad_mods = [m for m in modalities if m not in BRATS_MODALITIES]
+    modalities = tuple(modalities or task.target_modalities)
+    bad_mods = [m for m in modalities if m not in task.target_modalities]
     if bad_mods:
-        raise ValueError(f"unknown modalities {bad_mods}; known: {BRATS_MODALITIES}")
+        raise ValueError(f"unknown modalities {bad_mods}; {task.name} synthesises {list(task.target_modalities)}")
+    if baselines and task.metrics != "brats":
+        raise ValueError(f"the baselines are BraTS ones; task {task.name} has none")
     baselines = list(baselines)
     if log is None:
         def log(msg: str) -> None:
@@ -231,7 +240,7 @@ def evaluate(
         error(f"segmentation folder not found: {seg_dir}")
         return result
 
-    found = reference_cases(reference_dir)
+    found = reference_cases(reference_dir, task.modalities)
     if cases is not None:
         wanted = list(cases)
         for c in wanted:
@@ -239,7 +248,7 @@ def evaluate(
                 error(f"{c}: no reference case folder in {reference_dir}")
         found = {c: found[c] for c in wanted if c in found}
     if pred_dir is not None:
-        _report_unmatched(pred_dir, found, warn)
+        _report_unmatched(pred_dir, found, warn, task.modalities)
     elif isinstance(predictions, Mapping):
         for c in predictions:
             if c not in found:
@@ -251,7 +260,7 @@ def evaluate(
         ref_seg = seg_entry[0] if seg_entry is not None else None  # unreadable: reported, metrics go on
 
         if predictions is not None:
-            _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop, error)
+            _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop, error, task)
         for b in baselines:
             _score_baseline(result, case, b, modalities, ref_seg, border_crop, error)
         if seg_dir is not None:
@@ -259,8 +268,9 @@ def evaluate(
     return result
 
 
-def _report_unmatched(pred_dir: Path, found: Mapping[str, Path], warn: Callable[[str], None]) -> None:
-    pattern = re.compile(rf"^(?P<case>.+)-(?P<mod>{'|'.join(BRATS_MODALITIES)})\.nii\.gz$")
+def _report_unmatched(pred_dir: Path, found: Mapping[str, Path], warn: Callable[[str], None],
+                      modalities: Sequence[str]) -> None:
+    pattern = re.compile(rf"^(?P<case>.+)-(?P<mod>{'|'.join(modalities)})\.nii\.gz$")
     for p in sorted(pred_dir.iterdir()):
         m = pattern.match(p.name)
         if m is None:
@@ -276,13 +286,26 @@ def _check_shape(case: str, what: Path | str, vol: np.ndarray, ref: np.ndarray, 
     return True
 
 
+def _field_mask(case: _Case, task: TaskSpec, mod: str) -> np.ndarray:
+    """Where a `field`-scored synthesis of `mod` is scored: the foreground of its first input."""
+    given = task.inputs_for(mod)[0]
+    entry = case.get(given)
+    if entry is None:
+        raise ValueError(f"input {given} missing or unreadable")
+    return foreground(entry[0], task.normalization[given])
+
+
 def _image_row(result: EvaluationResult, case: _Case, source: str, mod: str, pred: np.ndarray, ref: np.ndarray,
-               ref_seg: np.ndarray | None, border_crop: int, what: str, error: Callable[[str], None]) -> None:
+               ref_seg: np.ndarray | None, border_crop: int, what: str, error: Callable[[str], None],
+               task: TaskSpec = BRASYN) -> None:
     if ref_seg is not None and ref_seg.shape != ref.shape:
         error(f"{case.name}: shape mismatch {case.path('seg')}: {ref_seg.shape} vs reference {ref.shape}")
         ref_seg = None
     try:
-        metrics = image_metrics(pred, ref, ref_seg, border_crop=border_crop)
+        if task.metrics == "field":
+            metrics = field_metrics(pred, ref, _field_mask(case, task, mod))
+        else:
+            metrics = image_metrics(pred, ref, ref_seg, border_crop=border_crop)
     except Exception as e:  # noqa: BLE001
         error(f"{case.name}: cannot score {what}: {_one_line(e)}")
         result.rows.append(_empty_row(case.name, source, mod, "error", _one_line(e)))
@@ -294,7 +317,7 @@ def _image_row(result: EvaluationResult, case: _Case, source: str, mod: str, pre
 
 def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
                        modalities: Sequence[str], ref_seg: np.ndarray | None, border_crop: int,
-                       error: Callable[[str], None]) -> None:
+                       error: Callable[[str], None], task: TaskSpec) -> None:
     if pred_dir is not None:
         files = {m: pred_dir / f"{case.name}-{m}.nii.gz" for m in modalities}
         files = {m: p for m, p in files.items() if p.exists()}
@@ -327,7 +350,7 @@ def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path 
         if not _check_shape(case.name, what, pred, ref, error):
             result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", "shape mismatch"))
             continue
-        _image_row(result, case, PREDICTION, mod, pred, ref, ref_seg, border_crop, what, error)
+        _image_row(result, case, PREDICTION, mod, pred, ref, ref_seg, border_crop, what, error, task)
 
 
 def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities: Sequence[str],
@@ -445,7 +468,8 @@ def format_summary(summary: Sequence[Mapping], metrics: Sequence[str] | None = N
     by_key: dict[tuple[str, str, str], dict[str, Mapping]] = {}
     for s in summary:
         by_key.setdefault((s["group"], s["source"], s["modality"]), {})[s["metric"]] = s
-    sections = [("image", metrics or CONSOLE_IMAGE_METRICS), ("segmentation", SEG_COLUMNS)]
+    sections = [("image", metrics or CONSOLE_IMAGE_METRICS), ("field-of-view", FIELD_METRICS),
+                ("segmentation", SEG_COLUMNS)]
     for title, cols in sections:
         keys = [k for k, v in by_key.items() if any(c in v for c in cols)]
         if not keys:
@@ -509,8 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the BraTS segmentation container on the completed cases (needs Docker; not available)")
     p.add_argument("--baselines", action="store_true",
                    help="also score the mean and copy baselines for every reference modality")
-    p.add_argument("--modalities", nargs="+", choices=BRATS_MODALITIES, default=list(BRATS_MODALITIES),
-                   help="modalities to score (default: all four)")
+    p.add_argument("--task", choices=sorted(TASKS), default="brasyn",
+                   help="task of the predictions (default brasyn); mr2ct and us2mr are scored inside the head / "
+                        "the ultrasound's field of view")
+    p.add_argument("--modalities", nargs="+", help="modalities to score (default: every target of the task)")
     p.add_argument("--cases", nargs="+", help="only these reference cases")
     p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="NSD tolerance in mm")
     p.add_argument("--ssim-border-crop", type=int, default=CHALLENGE_BORDER_CROP,
@@ -544,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.reference, args.pred, segmentation_dir=args.segmentations,
         baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
         nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
-        progress=not args.no_progress)
+        progress=not args.no_progress, task=TASKS[args.task])
     summary = result.summary()
     if args.csv is not None:
         write_csv(result.rows, args.csv)

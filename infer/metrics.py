@@ -67,6 +67,12 @@ IMAGE_METRICS: tuple[str, ...] = (
 )
 """Keys of `image_metrics`, in report order."""
 
+FIELD_METRICS: tuple[str, ...] = ("ssim_field", "psnr_field", "mae_field", "mae_units", "edge_agreement")
+"""Keys of `field_metrics` (tasks scored inside a head or field-of-view mask: mr2ct, us2mr)."""
+
+EDGE_ALPHA: float = 0.02
+"""Gradient magnitude (on the [0, 1] scale, per voxel) below which `edge_agreement` treats a voxel as flat."""
+
 
 def percentile_normalize(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
     """Map a volume to [0, 1] by its own percentiles over the whole volume (background included).
@@ -348,6 +354,41 @@ def slice_gradient_mae(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray
         m = np.asarray(mask, dtype=bool)
         d = d[np.take(m, range(m.shape[axis] - 1), axis=axis) & np.take(m, range(1, m.shape[axis]), axis=axis)]
     return float(np.mean(np.abs(d))) if d.size else math.nan
+
+
+def edge_agreement(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray, alpha: float = EDGE_ALPHA) -> float:
+    """Mean over `mask` of <grad p, grad r>^2 / ((|grad p|^2 + alpha^2)(|grad r|^2 + alpha^2)): 1 where the 3D
+    edges are parallel and strong, 0 where they cross or either volume is flat (1 - the NGF distance)."""
+    gp = np.gradient(np.asarray(pred, dtype=np.float32))
+    gr = np.gradient(np.asarray(reference, dtype=np.float32))
+    dot = sum(a * b for a, b in zip(gp, gr))
+    norm_p = sum(a * a for a in gp) + alpha ** 2
+    norm_r = sum(b * b for b in gr) + alpha ** 2
+    return float(np.mean((dot * dot / (norm_p * norm_r))[mask]))
+
+
+def field_metrics(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """The keys of `FIELD_METRICS` for a synthesis scored inside `mask` (the head for CT, the ultrasound's field
+    of view for MR from ultrasound).
+
+    Both volumes are put on one [0, 1] scale, the reference's 0.5th-99.5th percentile inside the mask (clipped);
+    ``ssim_field`` = the 3D SSIM map averaged over the mask, ``psnr_field``/``mae_field`` on that scale,
+    ``mae_units`` in the volumes' own units (Hounsfield units for CT), ``edge_agreement`` as `edge_agreement`.
+    """
+    pred = np.asarray(pred, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    if pred.shape != reference.shape or mask.shape != reference.shape:
+        raise ValueError(f"shape mismatch: prediction {pred.shape}, reference {reference.shape}, mask {mask.shape}")
+    if not mask.any():
+        raise ValueError("empty mask")
+    lo, hi = np.percentile(reference[mask], [0.5, 99.5])
+    scale = np.float32(max(float(hi - lo), 1e-6))
+    p = np.clip((pred - np.float32(lo)) / scale, 0.0, 1.0)
+    r = np.clip((reference - np.float32(lo)) / scale, 0.0, 1.0)
+    err = mse(p, r, mask)
+    return {"ssim_field": _ssim(p, r, data_range=1.0).mean(mask), "psnr_field": psnr_from_mse(err),
+            "mae_field": mae(p, r, mask), "mae_units": mae(pred, reference, mask),
+            "edge_agreement": edge_agreement(p, r, mask)}
 
 
 def image_metrics(

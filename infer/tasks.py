@@ -102,6 +102,8 @@ class TaskSpec:
         with this overlap and Gaussian blending (None: such slices are an error).
     crop_to: the input modality whose foreground bounding box the engine crops every volume to before
         synthesis (the rest of the output is background), or None.
+    metrics: how `python -m infer.evaluate` scores a synthesis: "brats" (challenge and brain SSIM, PSNR, MAE,
+        `infer.metrics.image_metrics`) or "field" (inside the first input's foreground, `field_metrics`).
 
     The output header is the one of the first available input in `modalities` order, with `output_dtype`.
     An MR -> CT task with CT normalised as HU + 1000 would read: modalities ("t1", "ct"), min_inputs =
@@ -124,6 +126,7 @@ class TaskSpec:
     output_dtype: str = "float32"
     window_overlap: float | None = None
     crop_to: str | None = None
+    metrics: str = "brats"
 
     @property
     def target_modalities(self) -> tuple[str, ...]:
@@ -175,6 +178,7 @@ MR2CT = TaskSpec(
     output_background=-1000.0,  # air outside the head
     output_dtype="int16",
     window_overlap=0.75,  # native in-plane size: 256x256 windows, Gaussian blending
+    metrics="field",  # inside the MR head mask, with HU error and edge agreement
 )
 
 US2MR = TaskSpec(
@@ -197,6 +201,7 @@ US2MR = TaskSpec(
     output_background=0.0,
     output_dtype="float32",
     crop_to="us",  # synthesise the ultrasound's foreground box only, paste it back
+    metrics="field",  # inside the ultrasound's field of view
 )
 
 TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR)}

@@ -9,6 +9,8 @@ import pytest
 from helpers import CopyModel
 from infer.cli import main as infer_main
 from infer.engine import EngineSettings, VolumePredictor, resolve_settings
+from infer.evaluate import evaluate
+from infer.evaluate import main as evaluate_main
 from infer.head_sample import make_head_case
 from infer.intensity import denormalize, foreground, normalize
 from infer.phantom import write_case
@@ -101,3 +103,25 @@ def test_the_task_brings_its_window_overlap_to_the_engine():
     assert settings.window_overlap == 0.75 and settings.output_background == -1000.0
     assert isinstance(settings.normalization["t1"], PercentileNorm)
     assert settings.normalization["ct"] == WindowNorm(-1000.0, 3000.0)
+
+
+def test_evaluate_scores_ct_inside_the_head(tmp_path, capsys):
+    case = make_head_case("HEAD-SYN-00007-000", 7, (96, 96, 8))
+    write_case(case, tmp_path / "ref")
+    (tmp_path / "pred").mkdir()
+    ct = case.images["ct"]
+    perfect = tmp_path / "pred" / f"{case.name}-ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct, case.affine), perfect)
+    result = evaluate(tmp_path / "ref", tmp_path / "pred", task=MR2CT, progress=False)
+    (row,) = result.ok_rows
+    assert row["ssim_field"] == pytest.approx(1.0) and row["mae_units"] == 0.0
+    assert row["edge_agreement"] > 0.3  # flat voxels (below alpha) count as disagreement
+    shifted = np.where(ct > -1000, ct + 100, ct).astype(np.int16)  # +100 HU inside the head
+    nib.save(nib.Nifti1Image(shifted, case.affine), perfect)
+    (row,) = evaluate(tmp_path / "ref", tmp_path / "pred", task=MR2CT, progress=False).ok_rows
+    head = foreground(case.images["t1"].astype(np.float32), MR2CT.normalization["t1"])
+    assert row["mae_units"] == pytest.approx(np.abs(shifted - ct.astype(np.float32))[head].mean())
+    assert row["ssim_field"] < 1.0
+    assert evaluate_main(["--task", "mr2ct", "--pred", str(tmp_path / "pred"), "--reference",
+                          str(tmp_path / "ref"), "--no-progress"]) == 0
+    assert "edge_agreement" in capsys.readouterr().out

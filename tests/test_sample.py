@@ -52,3 +52,15 @@ def test_command_writes_brats_layout_with_drop(tmp_path):
     again = make_case(cases[0], 5)
     np.testing.assert_array_equal(np.asarray(image.dataobj), again.images["t1c"])  # seeded, reproducible
     assert set(BRATS_MODALITIES) - {"t2w"} <= {f.split("-")[-1].split(".")[0] for f in files}
+
+
+def test_t1n_is_blurrier_than_t1c_as_in_real_brats(case, brats_data):
+    """Real BraTS t1n is a lower-resolution acquisition than t1c; the phantom keeps the relation."""
+    def sharpness(volume):
+        brain = volume[:, :, :-1] > 0
+        return np.abs(np.diff(volume.astype(np.float32), axis=2))[brain].mean() / volume[volume > 0].mean()
+
+    real = {m: np.asarray(nib.load(brats_data / "BraTS-GLI-00000-000" / f"BraTS-GLI-00000-000-{m}.nii.gz").dataobj)
+            for m in ("t1c", "t1n")}
+    assert sharpness(real["t1n"]) < 0.7 * sharpness(real["t1c"])
+    assert sharpness(case.images["t1n"]) < 0.7 * sharpness(case.images["t1c"])
