@@ -164,3 +164,20 @@ def test_segmenter_training_feeds_the_tversky_term(common, tmp_path):
              "train.batch_size=2"))
     rows = read_csv(gan_out / "log.csv")
     assert all(0 < float(r["tversky"]) < 4 for r in rows)  # sum of four per-class terms, each in [0, 1]
+
+
+def test_model_init_starts_a_run_from_a_generator_checkpoint(common, tmp_path):
+    first = fit(tiny(common, tmp_path / "first", "train.max_steps=2"))
+    source = weights(first / "generator")
+    ctx = init_distributed("cpu")
+    try:
+        run = GanRun(tiny(common, tmp_path / "second", f"model.init={first / 'generator'}"), ctx, resume=False)
+        state = run.generator.state_dict()
+        assert state.keys() == source.keys()
+        for name, value in source.items():
+            torch.testing.assert_close(state[name], value)
+        other = tiny(common, tmp_path / "third", f"model.init={first / 'generator'}", "model.generator.n_layers=2")
+        with pytest.raises(ConfigError, match="another architecture"):
+            GanRun(other, ctx, resume=False)
+    finally:
+        shutdown(ctx)

@@ -56,9 +56,11 @@ class ModelConfig:
 
     family: "hfgan" (HF-GAN generator + PatchGAN with modality head, `train.gan`) or "pix2pix" (U-Net +
     multi-scale PatchGAN on (inputs, output) pairs, `train.pix2pix`; the task must have exactly one target).
+    init: a generator checkpoint folder whose weights start the run (fine-tuning; same architecture), or None.
     """
 
     family: str = "hfgan"
+    init: str | None = None
     generator: dict[str, Any] = field(default_factory=dict)
     discriminator: dict[str, Any] = field(default_factory=dict)
     segmenter: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +68,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the generator loss terms (0 = term off) and their settings.
+    """Weights of the generator loss terms (0 = term off) and their settings. Each model family uses its own
+    terms (`train.gan.GENERATOR_TERMS`, `train.pix2pix.PIX2PIX_TERMS`); the other family's weights are unused.
 
     ssim_regions: SSIM loss regions averaged with equal weight: ["brain"] (whole) or ["healthy", "tumour"].
     segmenter: checkpoint folder of the frozen segmenter (needed when tversky > 0).

@@ -100,6 +100,8 @@ class GanRun:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         gen_kind, disc_kind = FAMILIES[cfg.model.family]
         self.generator = NETWORKS[gen_kind][0](self.gen_cfg).to(device)
+        if cfg.model.init and not resume:
+            self._init_generator(cfg.model.init, gen_kind)
         self.discriminator = NETWORKS[disc_kind][0](disc_cfg).to(device)
         self.pix2pix = cfg.model.family == "pix2pix"
         task = self.data.task
@@ -124,6 +126,14 @@ class GanRun:
         self.update = self._make_update()
         self.log = CsvLog(self.out / "log.csv", self.step if resume else None) if ctx.is_main else None
         self.val_log = CsvLog(self.out / "validation.csv", self.step if resume else None) if ctx.is_main else None
+
+    def _init_generator(self, path: str, kind: str) -> None:
+        """Start from the weights of the generator checkpoint at `path` (its architecture must be this run's)."""
+        source = load_model(path, kind=kind)
+        if source.config != self.gen_cfg:
+            raise ConfigError(f"model.init: {path} holds another architecture ({source.config}) than the run's "
+                              f"({self.gen_cfg})")
+        self.generator.load_state_dict(source.state_dict())
 
     def _make_update(self) -> GanUpdate | Pix2PixUpdate:
         cfg, ctx = self.cfg, self.ctx
