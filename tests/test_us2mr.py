@@ -18,7 +18,8 @@ from models.checkpoint import load_model
 from train.__main__ import main as train_main
 from train.curves import read_csv
 
-DEMO = Path(__file__).resolve().parents[1] / "train" / "configs" / "us2mr-demo.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+DEMO = CONFIGS / "us2mr-demo.yaml"
 SHAPE = (64, 64, 32)
 
 
@@ -84,3 +85,29 @@ def test_cases_must_give_the_ultrasound_only(tmp_path):
     with pytest.raises(CaseError, match="t2w is not an input of task us2mr"):
         check_case(CaseFiles("c", {"t2w": files["t2w"]}), US2MR)
     assert check_case(CaseFiles("c", {"us": files["us"]}), US2MR) == ("t2w",)
+
+
+def test_25d_generator_with_a_3d_refiner_runs_end_to_end(tmp_path):
+    """The 2.5D and 2D + 3D refinement regimes on us2mr: a 2.5D generator (k = 1), a refiner trained on its
+    cached volumes with the ultrasound as the only input, and inference through both."""
+    data = tmp_path / "data"
+    for seed in (30, 31):
+        write_case(make_us_case(f"US-SYN-{seed:05d}-000", seed, SHAPE), data)
+    overrides = [f"data.roots=[{data}]", f"run.output={tmp_path / 'gen'}", "data.slice_size=64",
+                 "data.min_brain_pixels=100", "model.generator.context_slices=1",
+                 "model.generator={dim: 4, dim_mults: [1, 1, 1, 1], n_layers: 1, num_heads: 2, norm_groups: 4}",
+                 "model.discriminator.base=8", "train.max_steps=4", "run.checkpoint_every=0", "run.progress=false"]
+    assert train_main(["fit", "--config", str(DEMO), *[x for o in overrides for x in ("--set", o)]]) == 0
+    generator = tmp_path / "gen" / "generator"
+    assert load_model(generator).config.context_slices == 1
+    refiner = ["--config", str(CONFIGS / "refiner.yaml"), f"--data.roots=[{data}]", "--data.task=us2mr",
+               f"--model.generator={generator}", f"--data.cache_dir={tmp_path / 'cache'}",
+               f"--run.output={tmp_path / 'ref'}", "--run.device=cpu", "--run.progress=false",
+               "--patch.size=[24,24,24]", "--model.refiner={width: 8, n_blocks: 1}", "--train.steps=4"]
+    assert train_main(["refiner", *refiner]) == 0
+    case = make_us_case("US-SYN-00098-000", 98, SHAPE)
+    write_case(SampleCase(case.name, {"us": case.images["us"]}, None, case.affine), tmp_path / "in")
+    assert infer_main(["--task", "us2mr", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                       "--weights", str(generator), "--refine", str(tmp_path / "ref" / "refiner")]) == 0
+    out = nib.load(tmp_path / "out" / f"{case.name}-t2w.nii.gz").get_fdata()
+    assert np.isfinite(out).all() and (out[case.images["us"] == 0] == 0).all()

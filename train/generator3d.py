@@ -51,7 +51,7 @@ def fit_generator3d(cfg: VolumeConfig) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = Generator3D(config)
     sampler = PatchSampler(cases, task.modalities, task.target_modalities, cfg.patch.size, fill, cfg.train.seed,
-                           with_synthesis=False)
+                           with_synthesis=False, inputs=task.input_modalities)
     fit_patches(model, lambda m, b: m(b.inputs, b.available, b.target), sampler, cfg, out, device, "full-3D")
     meta = CheckpointMeta(kind="generator3d", task=task.name, modalities=task.modalities, normalization=norms,
                           provenance=run_provenance(cfg, cases, window, started, time.monotonic() - clock))

@@ -11,6 +11,7 @@ checkpoint folder as `refiner/` to have inference use it by default (`infer.refi
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ def cache_generator_volumes(cfg: VolumeConfig, device: torch.device) -> tuple[li
         raise ConfigError("model.generator must name the frozen 2D generator checkpoint")
     generator = load_model(cfg.model.generator, device=device, kind="generator")
     task = get_task(cfg.data.task)
-    settings = resolve_settings(task, generator)
+    # The whole volume, not the task's crop (us2mr): the cache keeps the box of every modality's foreground.
+    settings = replace(resolve_settings(task, generator), crop_to=None)
     capture = Capture()
     volumes = GeneratorVolumes(VolumePredictor(generator, settings, device=device, refine=capture), capture,
-                               weights_sha256(cfg.model.generator), task.target_modalities)
+                               weights_sha256(cfg.model.generator), task.target_modalities,
+                               {t: task.inputs_for(t) for t in task.target_modalities})
     train_cases, _ = training_cases(cfg, task)
     cases = cache_volumes(train_cases, settings.modalities, settings.normalization, cfg.data.cache_dir, volumes,
                           cfg.run.progress)
@@ -60,7 +63,7 @@ def fit_refiner(cfg: VolumeConfig) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = Refiner3D(config)
     sampler = PatchSampler(cases, settings.modalities, task.target_modalities, cfg.patch.size, settings.fill,
-                           cfg.train.seed, with_synthesis=True)
+                           cfg.train.seed, with_synthesis=True, inputs=task.input_modalities)
     fit_patches(model, lambda m, b: m(b.synthesis, b.inputs, b.target), sampler, cfg, out, device, "refiner")
     generator = {"path": str(Path(cfg.model.generator).resolve()), "sha256": weights_sha256(cfg.model.generator)}
     meta = CheckpointMeta(kind="refiner", task=task.name, modalities=settings.modalities,

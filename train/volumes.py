@@ -48,12 +48,14 @@ class VolumeCase:
 @dataclass
 class GeneratorVolumes:
     """A frozen 2D generator whose normalised volumes are cached: its predictor (with a `capture` refine hook),
-    that hook, the SHA-256 of its weights (which generator a cache holds) and the target modalities."""
+    that hook, the SHA-256 of its weights (which generator a cache holds), the target modalities and the input
+    modalities of each target."""
 
     predictor: VolumePredictor
     capture: Capture
     sha256: str
     targets: tuple[str, ...]
+    inputs: dict[str, tuple[str, ...]]
 
 
 class Capture:
@@ -106,7 +108,7 @@ def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: 
                   .astype(np.float16))
         if generator is not None:
             for target in generator.targets:
-                generator.predictor.predict({m: v for m, v in volumes.items() if m != target}, target)
+                generator.predictor.predict({m: volumes[m] for m in generator.inputs[target]}, target)
                 _save_npy(folder / synthesis_file(target), generator.capture.volume[box].astype(np.float16))
         meta = {"format": CACHE_FORMAT, "case": case.name, "modalities": list(modalities),
                 "normalization": norms_json, "box": [[b.start, b.stop] for b in box],

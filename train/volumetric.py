@@ -52,15 +52,18 @@ def crop_patch(volume: np.ndarray, corner: Sequence[int], size: Sequence[int], f
 
 class PatchSampler:
     """Seeded random patches of `size`: a uniform case, a uniform target of `targets` (modality indices) and a
-    uniform corner (a side larger than the case's brain box starts at 0 and is padded with `fill`)."""
+    uniform corner (a side larger than the case's brain box starts at 0 and is padded with `fill`). Only the
+    `inputs` modalities (default all) are given: the target and every other channel are `fill`, unavailable."""
 
     def __init__(self, cases: Sequence[VolumeCase], modalities: Sequence[str], targets: Sequence[str],
-                 size: Sequence[int], fill: float, seed: int, with_synthesis: bool) -> None:
+                 size: Sequence[int], fill: float, seed: int, with_synthesis: bool,
+                 inputs: Sequence[str] | None = None) -> None:
         if not cases:
             raise ValueError("no case to sample patches from")
         self.cases, self.modalities, self.size, self.fill = list(cases), list(modalities), list(size), fill
         self.targets = [self.modalities.index(t) for t in targets]
         self.with_synthesis = with_synthesis
+        self.given = torch.tensor([inputs is None or m in inputs for m in self.modalities])
         self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int) -> PatchBatch:
@@ -78,7 +81,8 @@ class PatchSampler:
         rows = torch.arange(batch_size)
         reference = x[rows, target_t][:, None]  # advanced indexing copies
         x[rows, target_t] = self.fill
-        available = torch.ones(x.shape[:2], dtype=torch.bool)
+        x[:, ~self.given] = self.fill
+        available = self.given.expand(x.shape[:2]).clone()
         available[rows, target_t] = False
         return PatchBatch(x, available, target_t, reference, reference != self.fill,
                           torch.from_numpy(np.stack(synthesis))[:, None] if synthesis else None)
