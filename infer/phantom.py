@@ -3,6 +3,7 @@ fields, writing a case."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -50,12 +51,14 @@ def smooth_noise(rng: np.random.Generator, coarse: tuple[int, int, int], shape: 
     return F.interpolate(grid, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
-def write_case(case: SampleCase, output: Path, drop: str | None = None) -> Path:
-    """Write `output/<case>/<case>-<mod>.nii.gz` (+ `-seg` when there is one), leaving out modality `drop`."""
+def write_case(case: SampleCase, output: Path, drop: str | Sequence[str] | None = None) -> Path:
+    """Write `output/<case>/<case>-<mod>.nii.gz` (+ `-seg` when there is one), leaving out the modality or
+    modalities `drop`."""
+    drop = (drop,) if isinstance(drop, str) else tuple(drop or ())
     folder = output / case.name
     folder.mkdir(parents=True, exist_ok=True)
     for modality, volume in case.images.items():
-        if modality != drop:
+        if modality not in drop:
             nib.save(nib.Nifti1Image(volume, case.affine), folder / f"{case.name}-{modality}.nii.gz")
     if case.seg is not None:
         nib.save(nib.Nifti1Image(case.seg, case.affine), folder / f"{case.name}-seg.nii.gz")

@@ -1,4 +1,4 @@
-"""Synthetic sample cases: `python -m infer.sample --output DIR [--task T] [--cases N] [--seed S] [--drop MOD]`.
+"""Synthetic sample cases: `python -m infer.sample --output DIR [--task T] [--cases N] [--seed S] [--drop MOD...]`.
 
 brasyn (default): 240x240x155 at 1 mm in the BraTS LPS orientation, int16 like BraTS: a skull-stripped brain
 with cortical grey matter, white matter, deep grey matter, ventricles and cortical veins, a glioma-like tumour
@@ -85,17 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="brasyn: BraTS cases (default); mr2ct: paired head T1 MR and CT; us2mr: ultrasound with T2w/FLAIR")
     parser.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
-    parser.add_argument("--drop", default=None,
-                        help="modality to leave out of every case, or 'random' (default: keep all of them)")
+    parser.add_argument("--drop", nargs="+", default=None, metavar="MOD",
+                        help="modalities to leave out of every case (us2mr: --drop t2w t2f), or 'random' for one "
+                             "at random per case (default: keep all of them)")
     parser.add_argument("--prefix", default=None, help="case name prefix (default BraTS-SYN, HEAD-SYN, US-SYN by task)")
     args = parser.parse_args(argv)
     modalities = TASKS[args.task].modalities
-    if args.drop not in (None, "random", *modalities):
-        parser.error(f"--drop must be one of {', '.join(modalities)} or 'random'")
+    if args.drop not in (None, ["random"]) and not set(args.drop) <= set(modalities):
+        parser.error(f"--drop takes modalities of {', '.join(modalities)}, or 'random'")
     make, prefix = MAKERS[args.task]
     rng = np.random.default_rng(args.seed)
     for i in tqdm(range(args.cases), desc="sample cases", unit="case", file=sys.stderr):
-        drop = rng.choice(modalities) if args.drop == "random" else args.drop
+        drop = rng.choice(modalities) if args.drop == ["random"] else args.drop
         write_case(make(f"{args.prefix or prefix}-{args.seed + i:05d}-000", args.seed + i), args.output, drop)
     return 0
 

@@ -198,6 +198,7 @@ US2MR = TaskSpec(
     default_targets=("t2w",),  # FLAIR when asked: --targets t2w t2f
     inputs=("us",),
     file_name="{case}-{modality}.nii.gz",  # <case>-us.nii.gz in, <case>-t2w.nii.gz out on the ultrasound grid
+    ignored=("seg",),  # tumour labels next to the images
     output_background=0.0,
     output_dtype="float32",
     crop_to="us",  # synthesise the ultrasound's foreground box only, paste it back
