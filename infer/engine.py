@@ -140,8 +140,10 @@ def resolve_settings(task: TaskSpec, model: nn.Module, views: Sequence[str] | No
     return settings
 
 
-def normalize_inputs(volumes: Mapping[str, np.ndarray], settings: EngineSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(M, X, Y, Z) float32 model-order inputs (missing ones filled with background) and the (M,) availability."""
+def normalize_inputs(volumes: Mapping[str, np.ndarray], settings: EngineSettings,
+                     foregrounds: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(M, X, Y, Z) float32 model-order inputs (missing ones filled with background) and the (M,) availability;
+    `foregrounds` (from `input_foregrounds`) saves computing the masks again."""
     unknown = set(volumes) - set(settings.modalities)
     if unknown:
         raise ValueError(f"unknown modalities {', '.join(sorted(unknown))}")
@@ -152,15 +154,16 @@ def normalize_inputs(volumes: Mapping[str, np.ndarray], settings: EngineSettings
     inputs = np.full((len(settings.modalities), *shape), settings.fill, dtype=np.float32)
     for i, modality in enumerate(settings.modalities):
         if modality in volumes:
-            inputs[i] = normalize(volumes[modality], settings.normalization[modality])
+            mask = foregrounds[modality] if foregrounds is not None else None
+            inputs[i] = normalize(volumes[modality], settings.normalization[modality], mask)
     available = np.array([m in volumes for m in settings.modalities])
     return inputs, available
 
 
-def input_background(volumes: Mapping[str, np.ndarray], settings: EngineSettings) -> np.ndarray:
-    """Background of the output: the majority vote of the inputs' foregrounds (each under its normalisation)."""
-    return background_vote([foreground(volumes[m], settings.normalization[m]) for m in settings.modalities
-                            if m in volumes])
+def input_foregrounds(volumes: Mapping[str, np.ndarray], settings: EngineSettings) -> dict[str, np.ndarray]:
+    """Each input's foreground under its normalisation, in model order; the output's background is their
+    `background_vote`."""
+    return {m: foreground(volumes[m], settings.normalization[m]) for m in settings.modalities if m in volumes}
 
 
 def to_output(synthesis: np.ndarray, background: np.ndarray, norm: Normalization,
@@ -261,10 +264,11 @@ class VolumePredictor:
             raise ValueError(f"cannot synthesise {target!r} from {', '.join(volumes)}")
         target_index = settings.modalities.index(target)
         with timed(timings, "preprocess", device):
-            inputs, available = normalize_inputs(volumes, settings)
+            foregrounds = input_foregrounds(volumes, settings)
+            inputs, available = normalize_inputs(volumes, settings, foregrounds)
             shape = inputs.shape[1:]
             self._check_fits(shape)
-            background = input_background(volumes, settings)
+            background = background_vote(list(foregrounds.values()))
             volume = self._to_device(inputs)
             available_t = torch.from_numpy(available).to(device)
             synthesis = torch.zeros(shape, dtype=torch.float32, device=device)

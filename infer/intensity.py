@@ -26,14 +26,15 @@ def foreground(volume: np.ndarray, norm: Normalization | None = None) -> np.ndar
     return mask
 
 
-def normalize(volume: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Raw volume -> normalised float32 with background (outside `foreground`) set to `norm.background`.
+def normalize(volume: np.ndarray, norm: Normalization, mask: np.ndarray | None = None) -> np.ndarray:
+    """Raw volume -> normalised float32 with background (outside `foreground`, or `mask` when the caller has
+    computed it already) set to `norm.background`.
 
     z-score: negatives -> 0, clip at `clip_max`, (x - mean) / std. Percentile: the case's `low`/`high`
     percentiles of the foreground -> -1/1, clipped. Window: [low, high] -> [-1, 1], clipped.
     """
     v = np.asarray(volume, dtype=np.float32)
-    fg = foreground(v, norm)
+    fg = foreground(v, norm) if mask is None else mask
     if isinstance(norm, ZScoreNorm):
         out = np.clip(v, 0.0, norm.clip_max)
         out -= np.float32(norm.mean)

@@ -17,9 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from infer.head_sample import make_head_case
-from infer.us_sample import make_us_case
 from infer.phantom import SEG_LABELS, TISSUES, SampleCase, render, smooth_noise, write_case
 from infer.tasks import BRATS_MODALITIES, TASKS
+from infer.us_sample import make_us_case
 
 SHAPE = (240, 240, 155)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])

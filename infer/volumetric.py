@@ -21,7 +21,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from infer.engine import EngineSettings, input_background, normalize_inputs, to_output
+from infer.engine import EngineSettings, input_foregrounds, normalize_inputs, to_output
+from infer.intensity import background_vote
 from infer.tasks import TaskSpec
 
 WINDOW_KEY = "sliding_window"
@@ -123,8 +124,9 @@ class PatchVolumePredictor:
         if target not in settings.modalities or target in volumes:
             raise ValueError(f"cannot synthesise {target!r} from {', '.join(volumes)}")
         clock = _StageClock(timings)
-        inputs, available = normalize_inputs(volumes, settings)
-        background = input_background(volumes, settings)
+        foregrounds = input_foregrounds(volumes, settings)
+        inputs, available = normalize_inputs(volumes, settings, foregrounds)
+        background = background_vote(list(foregrounds.values()))
         box = signal_box(inputs, settings.fill)
         x = torch.from_numpy(np.ascontiguousarray(inputs[(slice(None), *box)]))[None].to(device)
         available_t = torch.from_numpy(available)[None].to(device)

@@ -79,7 +79,7 @@ def prepare_case(case: TrainCase, modalities: Sequence[str], norms: Mapping[str,
     volumes, seg = load_case(case, modalities)
     masks = foreground_masks(volumes, modalities, norms)
     box = brain_box(masks)
-    norm = np.stack([normalize(volumes[m], norms[m])[box] for m in modalities])
+    norm = np.stack([normalize(volumes[m], norms[m], masks[i])[box] for i, m in enumerate(modalities)])
     brain = masks[(slice(None), *box)]
     seg_box = seg[box] if seg is not None else None
     out = []

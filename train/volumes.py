@@ -103,8 +103,10 @@ def cache_case(case: TrainCase, folder: Path, modalities: Sequence[str], norms: 
     if meta is None or (generator is not None and meta["generator"] is None):
         folder.mkdir(parents=True, exist_ok=True)
         volumes, _ = load_case(case, modalities)
-        box = brain_box(foreground_masks(volumes, modalities, norms))
-        _save_npy(folder / INPUTS_FILE, np.stack([normalize(volumes[m], norms[m])[box] for m in modalities])
+        masks = foreground_masks(volumes, modalities, norms)
+        box = brain_box(masks)
+        _save_npy(folder / INPUTS_FILE, np.stack([normalize(volumes[m], norms[m], masks[i])[box]
+                                                  for i, m in enumerate(modalities)])
                   .astype(np.float16))
         if generator is not None:
             for target in generator.targets:
