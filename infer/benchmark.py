@@ -113,7 +113,7 @@ def prepare_cases(folder: Path, count: int, drop: str, source: Path | None, scra
         (folder / name).mkdir(parents=True)
         left_out = drop if len(files) == len(BRASYN.modalities) else None
         for modality in (m for m in files if m != left_out):
-            (folder / name / BRASYN.file_name.format(case=name, modality=modality)).symlink_to(
+            (folder / name / BRASYN.namings[0].file_name(name, modality)).symlink_to(
                 files[modality].resolve())
 
 

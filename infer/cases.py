@@ -1,8 +1,9 @@
 """Case discovery, validation and NIfTI reading.
 
-Two input layouts are accepted, both named by the task's `file_name` rule (BraSyn: `<case>-<modality>.nii.gz`):
-a folder per case, `IN/<case>/<case>-<modality>.nii.gz` (the BraTS layout the `brats` package mounts), and a
-flat folder, `IN/<case>-<modality>.nii.gz`. Hidden entries (names starting with '.') are ignored.
+Two input layouts are accepted, both named by one of the task's naming conventions (`infer.naming`; BraSyn:
+`<case>-<modality>.nii.gz` or the 2018-2021 `<case>_<flair|t1|t1ce|t2>.nii.gz`): a folder per case,
+`IN/<case>/<case>-<modality>.nii.gz` (the BraTS layout the `brats` package mounts), and a flat folder,
+`IN/<case>-<modality>.nii.gz`. A case whose files mix conventions is an error. Hidden entries (names starting with '.') are ignored.
 Every problem is a `CaseError`: one line naming the case and, where there is one, the file.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from infer.intensity import foreground
+from infer.naming import Naming
 from infer.tasks import TaskSpec
 
 AFFINE_TOLERANCE = 1e-3
@@ -35,11 +37,13 @@ Decoded = dict[str, tuple[nib.Nifti1Image, np.ndarray]]
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """The files of one case as found on disk: modality -> path, and entries that fit no expected name."""
+    """The files of one case as found on disk: modality -> path, entries that fit no expected name, and each
+    naming convention its files follow with a file that follows it (more than one is an error)."""
 
     name: str
     files: dict[str, Path] = field(default_factory=dict)
     unknown: tuple[Path, ...] = ()
+    namings: tuple[tuple[Naming, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,18 @@ class CaseVolumes:
     reference: nib.Nifti1Image
 
 
-def _name_pattern(task: TaskSpec) -> re.Pattern[str]:
-    """Regular expression of `task.file_name` with the groups `case` and `modality`."""
-    pattern = re.escape(task.file_name)
-    pattern = pattern.replace(re.escape("{case}"), "(?P<case>.+)", 1)
-    modalities = "|".join(re.escape(m) for m in (*task.modalities, *task.ignored))
-    return re.compile(pattern.replace(re.escape("{modality}"), f"(?P<modality>{modalities})", 1))
+def _patterns(task: TaskSpec) -> list[tuple[Naming, re.Pattern[str]]]:
+    """One file-name pattern per naming convention of the task (groups `case` and `token`)."""
+    return [(n, n.pattern((*task.modalities, *task.ignored))) for n in task.namings]
+
+
+def parse_file_name(name: str, task: TaskSpec) -> tuple[str, str, Naming] | None:
+    """(case, modality, naming) of a file name in one of the task's conventions, or None."""
+    for naming, pattern in _patterns(task):
+        match = pattern.fullmatch(name)
+        if match:
+            return match["case"], naming.modality(match["token"]), naming
+    return None
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -65,16 +75,20 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def discover_cases(input_dir: Path, task: TaskSpec) -> list[CaseFiles]:
-    """Every case under `input_dir` (both layouts), sorted by name.
+    """Every case under `input_dir` (both layouts, any of the task's naming conventions), sorted by name.
 
     A flat file whose name does not parse becomes a case of its own name with only that unknown entry.
     """
-    pattern = _name_pattern(task)
     files: dict[str, dict[str, Path]] = {}
     unknown: dict[str, list[Path]] = {}
+    namings: dict[str, list[tuple[Naming, Path]]] = {}
 
-    def add(case: str, path: Path, modality: str | None) -> None:
+    def add(case: str, path: Path, parsed: tuple[str, str, Naming] | None) -> None:
         found = files.setdefault(case, {})
+        seen = namings.setdefault(case, [])
+        if parsed is not None and all(n != parsed[2] for n, _ in seen):
+            seen.append((parsed[2], path))
+        modality = parsed[1] if parsed is not None else None
         if modality in task.ignored:
             return
         if modality is None or modality in found:
@@ -86,20 +100,33 @@ def discover_cases(input_dir: Path, task: TaskSpec) -> list[CaseFiles]:
         if entry.is_dir():
             files.setdefault(entry.name, {})
             for path in _visible(entry):
-                match = pattern.fullmatch(path.name) if path.is_file() else None
-                add(entry.name, path, match["modality"] if match and match["case"] == entry.name else None)
+                parsed = parse_file_name(path.name, task) if path.is_file() else None
+                add(entry.name, path, parsed if parsed and parsed[0] == entry.name else None)
         else:
-            match = pattern.fullmatch(entry.name)
-            add(match["case"] if match else entry.name, entry, match["modality"] if match else None)
-    return [CaseFiles(name, found, tuple(unknown.get(name, ()))) for name, found in sorted(files.items())]
+            parsed = parse_file_name(entry.name, task)
+            add(parsed[0] if parsed else entry.name, entry, parsed)
+    return [CaseFiles(name, found, tuple(unknown.get(name, ())), tuple(namings.get(name, ())))
+            for name, found in sorted(files.items())]
+
+
+def case_naming(case: CaseFiles, task: TaskSpec) -> Naming:
+    """The one naming convention of `case`'s files (the task's default for a case without any); CaseError
+    when its files mix conventions."""
+    if len(case.namings) > 1:
+        (first, path1), (second, path2) = case.namings[:2]
+        raise CaseError(case.name, f"mixes naming conventions: {path1.name} is {first.name}, {path2.name} is "
+                                   f"{second.name}", path2)
+    return case.namings[0][0] if case.namings else task.namings[0]
 
 
 def check_case(case: CaseFiles, task: TaskSpec) -> tuple[str, ...]:
     """The modalities to synthesise for `case` (the targets it lacks); CaseError when its files do not fit."""
+    naming = case_naming(case, task)
     if case.unknown:
-        expected = task.file_name.format(case=case.name, modality="<modality>")
+        expected = naming.file_name(case.name, "<modality>")
+        tokens = ", ".join(naming.token(m) for m in task.modalities)
         raise CaseError(case.name, f"unknown or duplicate file name (expected {expected}, <modality> one of "
-                                   f"{', '.join(task.modalities)})", case.unknown[0])
+                                   f"{tokens})", case.unknown[0])
     count = len(case.files)
     if not task.min_inputs <= count <= task.max_inputs:
         needed = f"{task.min_inputs}" + (f" to {task.max_inputs}" if task.max_inputs > task.min_inputs else "")

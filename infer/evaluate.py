@@ -7,9 +7,13 @@ Command line::
     python -m infer.evaluate --task mr2ct|us2mr --pred OUT --reference REF   (scored inside the head / the
                              ultrasound's field of view: `infer.metrics.field_metrics`)
 
-Layout: ``REF/<case>/<case>-{t1c,t1n,t2f,t2w}.nii.gz`` (+ optional ``<case>-seg.nii.gz``); predictions are flat,
-``OUT/<case>-<modality>.nii.gz``, and every modality found for a case is scored. Segmentations of the completed
-cases, when given, are ``SEGDIR/<case>.nii.gz`` or ``SEGDIR/<case>-seg.nii.gz``.
+Layout: ``REF/<case>/<case>-{t1c,t1n,t2f,t2w}.nii.gz`` (+ optional ``<case>-seg.nii.gz``), or the 2018-2021
+naming ``REF/<case>/<case>_{t1ce,t1,flair,t2,seg}.nii.gz`` whose enhancing-tumour label 4 is read as 3
+(`infer.naming`); predictions are flat, ``OUT/<case>-<modality>.nii.gz`` or named in the case's own convention
+(``OUT/<case>_flair.nii.gz``, as `python -m infer` writes them), and every modality found for a case is scored.
+Segmentations of the completed cases, when given, are ``SEGDIR/<case>.nii.gz``, ``SEGDIR/<case>-seg.nii.gz``
+(2023 labels) or ``SEGDIR/<case>_seg.nii.gz`` (2018 labels). Baselines are scored for the modalities that
+were predicted (every requested one when only baselines are asked for).
 
 Results are rows, one per (case, source, modality): source ``prediction``, ``baseline_mean``, ``baseline_copy``
 (see `infer.baselines`) with the image metrics of `infer.metrics.image_metrics`, and source ``segmentation``
@@ -36,9 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from infer.baselines import BASELINES
+from infer.cases import parse_file_name
 from infer.intensity import foreground
 from infer.metrics import (CHALLENGE_BORDER_CROP, FIELD_METRICS, IMAGE_METRICS, field_metrics, image_metrics,
                            percentile_normalize)
+from infer.naming import BRATS_2023, Naming, naming_of_segmentation
+from infer.naming import SEGMENTATION as SEG_FILE
 from infer.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
 from infer.tasks import BRASYN, BRATS_MODALITIES, TASKS, TaskSpec
 
@@ -81,12 +88,29 @@ def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.asarray(data), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
-def reference_cases(reference_dir: Path, modalities: Sequence[str] = BRATS_MODALITIES) -> dict[str, Path]:
-    """Case name -> folder, for every sub-folder of `reference_dir` holding ``<case>-<modality>.nii.gz`` files."""
+@dataclass(frozen=True)
+class ReferenceCase:
+    """A reference case folder and the naming convention of its files."""
+
+    folder: Path
+    naming: Naming = BRATS_2023
+
+    def path(self, key: str) -> Path:
+        """The file of a modality (or `SEG_FILE`) of this case."""
+        return self.folder / self.naming.file_name(self.folder.name, key)
+
+
+def reference_cases(reference_dir: Path, task: TaskSpec = BRASYN) -> dict[str, ReferenceCase]:
+    """Case name -> reference case, for every sub-folder of `reference_dir` holding files of the task's
+    modalities (or a segmentation) in one of its naming conventions; ValueError for a case mixing them."""
     cases = {}
     for d in sorted(p for p in Path(reference_dir).iterdir() if p.is_dir()):
-        if any((d / f"{d.name}-{m}.nii.gz").exists() for m in (*modalities, "seg")):
-            cases[d.name] = d
+        found = [n for n in task.namings
+                 if any((d / n.file_name(d.name, m)).exists() for m in (*task.modalities, SEG_FILE))]
+        if len(found) > 1:
+            raise ValueError(f"{d.name}: mixes naming conventions ({found[0].name} and {found[1].name})")
+        if found:
+            cases[d.name] = ReferenceCase(d, found[0])
     return cases
 
 
@@ -128,27 +152,27 @@ class EvaluationResult:
 
     def _volumes(self, case: str, mod: str, source: str) -> tuple[np.ndarray, np.ndarray]:
         assert self.reference_dir is not None
-        case_dir = Path(self.reference_dir) / case
-        ref, _ = load_volume(case_dir / f"{case}-{mod}.nii.gz")
+        reference = reference_cases(Path(self.reference_dir))[case]
+        ref, _ = load_volume(reference.path(mod))
         if source == PREDICTION:
             if isinstance(self.predictions, Mapping):
                 return ref, np.asarray(self.predictions[case][mod])
             assert self.predictions is not None
-            return ref, load_volume(Path(self.predictions) / f"{case}-{mod}.nii.gz")[0]
+            return ref, load_volume(prediction_file(Path(self.predictions), case, mod, reference.naming))[0]
         name = source.removeprefix("baseline_")
-        inputs = {m: load_volume(case_dir / f"{case}-{m}.nii.gz")[0] for m in BRATS_MODALITIES if m != mod}
+        inputs = {m: load_volume(reference.path(m))[0] for m in BRATS_MODALITIES if m != mod}
         return ref, BASELINES[name](inputs, mod)
 
 
 class _Case:
     """Lazily loaded reference files of one case; failures become one-line errors."""
 
-    def __init__(self, name: str, folder: Path, report: Callable[[str], None]):
-        self.name, self.folder, self._report = name, folder, report
+    def __init__(self, name: str, reference: ReferenceCase, report: Callable[[str], None]):
+        self.name, self.reference, self._report = name, reference, report
         self._cache: dict[str, tuple[np.ndarray, tuple[float, ...]] | None] = {}
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{self.name}-{key}.nii.gz"
+        return self.reference.path(key)
 
     def get(self, key: str, required: bool = True) -> tuple[np.ndarray, tuple[float, ...]] | None:
         if key not in self._cache:
@@ -159,7 +183,10 @@ class _Case:
                 self._cache[key] = None
             else:
                 try:
-                    self._cache[key] = load_volume(p)
+                    data, spacing = load_volume(p)
+                    if key == SEG_FILE:
+                        data = self.reference.naming.read_labels(data)
+                    self._cache[key] = (data, spacing)
                 except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
                     self._report(f"{self.name}: cannot read {p}: {_one_line(e)}")
                     self._cache[key] = None
@@ -171,10 +198,16 @@ def _one_line(e: BaseException) -> str:
 
 
 def _find_segmentation(seg_dir: Path, case: str) -> Path | None:
-    for name in (f"{case}.nii.gz", f"{case}-seg.nii.gz"):
+    for name in (f"{case}.nii.gz", *(n.file_name(case, SEG_FILE) for n in BRASYN.namings)):
         if (seg_dir / name).exists():
             return seg_dir / name
     return None
+
+
+def prediction_file(pred_dir: Path, case: str, modality: str, naming: Naming) -> Path:
+    """The prediction of `case`'s `modality`: named in the case's convention, else in the 2023 one."""
+    own = pred_dir / naming.file_name(case, modality)
+    return own if own.exists() else pred_dir / BRATS_2023.file_name(case, modality)
 
 
 def evaluate(
@@ -240,7 +273,11 @@ def evaluate(
         error(f"segmentation folder not found: {seg_dir}")
         return result
 
-    found = reference_cases(reference_dir, task.modalities)
+    try:
+        found = reference_cases(reference_dir, task)
+    except ValueError as e:
+        error(str(e))
+        return result
     if cases is not None:
         wanted = list(cases)
         for c in wanted:
@@ -248,35 +285,36 @@ def evaluate(
                 error(f"{c}: no reference case folder in {reference_dir}")
         found = {c: found[c] for c in wanted if c in found}
     if pred_dir is not None:
-        _report_unmatched(pred_dir, found, warn, task.modalities)
+        _report_unmatched(pred_dir, found, warn, task)
     elif isinstance(predictions, Mapping):
         for c in predictions:
             if c not in found:
                 warn(f"{c}: prediction has no reference case")
 
-    for name, folder in tqdm(found.items(), desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
-        case = _Case(name, folder, error)
-        seg_entry = case.get("seg", required=False)
+    for name, reference in tqdm(found.items(), desc="evaluate", unit="case", disable=not progress,
+                                file=sys.stderr):
+        case = _Case(name, reference, error)
+        seg_entry = case.get(SEG_FILE, required=False)
         ref_seg = seg_entry[0] if seg_entry is not None else None  # unreadable: reported, metrics go on
-
+        predicted = modalities
         if predictions is not None:
-            _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop, error, task)
+            predicted = _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop,
+                                           error, task)
         for b in baselines:
-            _score_baseline(result, case, b, modalities, ref_seg, border_crop, error)
+            _score_baseline(result, case, b, predicted, ref_seg, border_crop, error)
         if seg_dir is not None:
             _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, error)
     return result
 
 
-def _report_unmatched(pred_dir: Path, found: Mapping[str, Path], warn: Callable[[str], None],
-                      modalities: Sequence[str]) -> None:
-    pattern = re.compile(rf"^(?P<case>.+)-(?P<mod>{'|'.join(modalities)})\.nii\.gz$")
+def _report_unmatched(pred_dir: Path, found: Mapping[str, ReferenceCase], warn: Callable[[str], None],
+                      task: TaskSpec) -> None:
     for p in sorted(pred_dir.iterdir()):
-        m = pattern.match(p.name)
-        if m is None:
+        parsed = parse_file_name(p.name, task)
+        if parsed is None or parsed[1] not in task.modalities:
             warn(f"ignoring {p}: not named <case>-<modality>.nii.gz")
-        elif m["case"] not in found:
-            warn(f"{m['case']}: prediction {p} has no reference case")
+        elif parsed[0] not in found:
+            warn(f"{parsed[0]}: prediction {p} has no reference case")
 
 
 def _check_shape(case: str, what: Path | str, vol: np.ndarray, ref: np.ndarray, error: Callable[[str], None]) -> bool:
@@ -317,9 +355,10 @@ def _image_row(result: EvaluationResult, case: _Case, source: str, mod: str, pre
 
 def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
                        modalities: Sequence[str], ref_seg: np.ndarray | None, border_crop: int,
-                       error: Callable[[str], None], task: TaskSpec) -> None:
+                       error: Callable[[str], None], task: TaskSpec) -> list[str]:
+    """Score the case's predictions; the modalities that had one."""
     if pred_dir is not None:
-        files = {m: pred_dir / f"{case.name}-{m}.nii.gz" for m in modalities}
+        files = {m: prediction_file(pred_dir, case.name, m, case.reference.naming) for m in modalities}
         files = {m: p for m, p in files.items() if p.exists()}
         available = list(files)
     else:
@@ -329,7 +368,7 @@ def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path 
         where = pred_dir if pred_dir is not None else "the given predictions"
         mods = "|".join(modalities)
         result.rows.append(_empty_row(case.name, PREDICTION, "", "missing", f"no {case.name}-{{{mods}}} in {where}"))
-        return
+        return []
     for mod in available:
         ref_entry = case.get(mod)
         if pred_dir is not None:
@@ -351,6 +390,7 @@ def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path 
             result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", "shape mismatch"))
             continue
         _image_row(result, case, PREDICTION, mod, pred, ref, ref_seg, border_crop, what, error, task)
+    return available
 
 
 def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities: Sequence[str],
@@ -386,7 +426,7 @@ def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
     path = _find_segmentation(seg_dir, case.name)
     if path is None:
         result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "missing",
-                                      f"no {case.name}.nii.gz or {case.name}-seg.nii.gz in {seg_dir}"))
+                                      f"no {case.name}.nii.gz or {case.name}[-_]seg.nii.gz in {seg_dir}"))
         return
     if ref_entry is None:
         if not case.path("seg").exists():
@@ -395,7 +435,7 @@ def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
         return
     ref_seg, spacing = ref_entry
     try:
-        seg, _ = load_volume(path)
+        seg = naming_of_segmentation(path.name).read_labels(load_volume(path)[0])
     except Exception as e:  # noqa: BLE001
         error(f"{case.name}: cannot read {path}: {_one_line(e)}")
         result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "error", _one_line(e)))

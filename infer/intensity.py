@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
-from infer.tasks import Normalization, PercentileNorm, WindowNorm, ZScoreNorm
+from infer.tasks import Normalization, PercentileNorm, ScaleNorm, WindowNorm, ZScoreNorm
 
 
 def foreground(volume: np.ndarray, norm: Normalization | None = None) -> np.ndarray:
@@ -31,11 +31,17 @@ def normalize(volume: np.ndarray, norm: Normalization, mask: np.ndarray | None =
     computed it already) set to `norm.background`.
 
     z-score: negatives -> 0, clip at `clip_max`, (x - mean) / std. Percentile: the case's `low`/`high`
-    percentiles of the foreground -> -1/1, clipped. Window: [low, high] -> [-1, 1], clipped.
+    percentiles of the foreground -> -1/1, clipped. Window: [low, high] -> [-1, 1], clipped. Scale: [0, the
+    case's `percentile` of the foreground] -> [-1, 1], clipped.
     """
     v = np.asarray(volume, dtype=np.float32)
     fg = foreground(v, norm) if mask is None else mask
-    if isinstance(norm, ZScoreNorm):
+    if isinstance(norm, ScaleNorm):
+        high = float(np.percentile(v[fg], norm.percentile)) if fg.any() else 1.0
+        out = np.clip(v, 0.0, high)
+        out *= np.float32(2.0 / max(high, 1e-6))
+        out -= np.float32(1.0)
+    elif isinstance(norm, ZScoreNorm):
         out = np.clip(v, 0.0, norm.clip_max)
         out -= np.float32(norm.mean)
         out /= np.float32(norm.std)
@@ -54,8 +60,13 @@ def normalize(volume: np.ndarray, norm: Normalization, mask: np.ndarray | None =
 
 def denormalize(x: np.ndarray, norm: Normalization) -> np.ndarray:
     """Inverse of `normalize` on the signal range (float32): z-score x * std + mean with negatives -> 0; window
-    back to [low, high]. ValueError for a per-case (percentile) normalisation, which has no inverse."""
+    back to [low, high]; scale [-1, 1] -> [0, output_high] (clipped). ValueError for a per-case percentile
+    normalisation, which has no inverse."""
     out = np.asarray(x, dtype=np.float32)
+    if isinstance(norm, ScaleNorm):
+        out = np.clip(out, -1.0, 1.0) + np.float32(1.0)
+        out *= np.float32(norm.output_high / 2.0)
+        return out
     if isinstance(norm, ZScoreNorm):
         out = out * np.float32(norm.std)
         out += np.float32(norm.mean)

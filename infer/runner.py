@@ -24,7 +24,8 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from infer.cases import CaseError, CaseFiles, CaseVolumes, check_case, decode_case, discover_cases, validate_case
+from infer.cases import (CaseError, CaseFiles, CaseVolumes, case_naming, check_case, decode_case, discover_cases,
+                         validate_case)
 from infer.engine import Timings, VolumePredictor, timed
 from infer.qc import save_qc
 from infer.tasks import TaskSpec
@@ -115,7 +116,9 @@ class CaseJob:
 def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool = False) -> CaseJob | None:
     """The job of `case` (CaseError when its files do not fit the task); None when every output it would
     write exists already (and not `overwrite`)."""
-    outputs = {t: output_dir / task.file_name.format(case=case.name, modality=t) for t in check_case(case, task)}
+    targets = check_case(case, task)
+    naming = case_naming(case, task)
+    outputs = {t: output_dir / naming.file_name(case.name, t) for t in targets}
     pending = {t: p for t, p in outputs.items() if overwrite or not p.exists()}
     return CaseJob(case, pending) if pending else None
 
@@ -242,7 +245,7 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
     check_folders(input_dir, output_dir)
     found = discover_cases(input_dir, task)
     if not found:
-        expected = task.file_name.format(case="<case>", modality="<modality>")
+        expected = " or ".join(n.file_name("<case>", "<modality>") for n in task.namings)
         raise ValueError(f"no cases in {input_dir} (expected {expected} files, flat or in a folder per case)")
     cases = select_shard(found, *shard)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infer.naming import BRATS_2023, NAMINGS, Naming
+
 BRATS_MODALITIES: tuple[str, ...] = ("t1c", "t1n", "t2f", "t2w")
 """BraTS MRI modalities in the order the published BraSyn generator uses (channel index = position)."""
 
@@ -51,10 +53,23 @@ class WindowNorm:
     background: float = -1.0
 
 
-Normalization = ZScoreNorm | PercentileNorm | WindowNorm
+@dataclass(frozen=True)
+class ScaleNorm:
+    """Per-case scaling that can also be an output: intensity 0 -> -1 and the case's `percentile` of its
+    foreground (> 0) -> 1, clipped, so the scale follows each scan whatever its site's raw units. The inverse
+    (for a synthesised modality, whose own scale is unknowable) maps [-1, 1] to [0, `output_high`]: outputs
+    are written on a fixed scale. Background (0) -> `background`."""
+
+    percentile: float = 99.5
+    output_high: float = 1000.0
+    background: float = -1.0
+
+
+Normalization = ZScoreNorm | PercentileNorm | WindowNorm | ScaleNorm
 """Any per-modality intensity normalisation (see `infer.intensity` for what each does)."""
 
-NORMALIZATION_KINDS: dict[str, type] = {"zscore": ZScoreNorm, "percentile": PercentileNorm, "window": WindowNorm}
+NORMALIZATION_KINDS: dict[str, type] = {"zscore": ZScoreNorm, "percentile": PercentileNorm, "window": WindowNorm,
+                                        "scale": ScaleNorm}
 
 
 def norm_to_json(norm: Normalization) -> dict[str, Any]:
@@ -81,6 +96,14 @@ BRASYN_NORMALIZATION: dict[str, ZScoreNorm] = {
 }
 
 
+BRASYN_CASE_NORMALIZATION: dict[str, ScaleNorm] = {
+    # Per case: 0 -> -1, the scan's own 99.5th brain percentile -> 1 (raw units differ a hundredfold between
+    # sites). A synthesis is written with its 99.5th percentile at the BraSyn training set's one (clip_max
+    # above), i.e. on the intensity scale of the challenge's data.
+    m: ScaleNorm(percentile=99.5, output_high=z.clip_max) for m, z in BRASYN_NORMALIZATION.items()
+}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a synthesis task is, as data.
@@ -88,12 +111,15 @@ class TaskSpec:
     modalities: every channel the model knows, in model order.
     min_inputs / max_inputs: how many of them a case must provide.
     normalization: default per-modality statistics (a checkpoint's own statistics take precedence).
+    case_normalization: a per-case normalisation of every modality that models trained here use
+        (`data.normalization: case`), or empty when the task has none.
     default_views: slicing views used when neither the user nor the checkpoint says otherwise.
     targets: the modalities that may be synthesised (empty = any of `modalities`).
     default_targets: the targets a case lacking them gets unless the user names others (empty = all `targets`);
         a case must lack at least one of them.
     inputs: the modalities that may be given (empty = any of `modalities`).
-    file_name: how an input file and an output file are named, as a format string of `case` and `modality`.
+    namings: the naming conventions (`infer.naming`) a case's files may follow; a case's outputs are named in
+        the convention of its inputs.
     ignored: names in the `modality` position of files that belong to a case but are not inputs (skipped).
     output_offset: added after denormalising (output units = denormalised value + offset).
     output_background: value of the output where the inputs' majority vote says background.
@@ -115,11 +141,12 @@ class TaskSpec:
     min_inputs: int
     max_inputs: int
     normalization: dict[str, Normalization] = field(default_factory=dict)
+    case_normalization: dict[str, Normalization] = field(default_factory=dict)
     default_views: tuple[str, ...] = ("axial",)
     targets: tuple[str, ...] = ()
     default_targets: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
-    file_name: str = "{case}-{modality}.nii.gz"
+    namings: tuple[Naming, ...] = (BRATS_2023,)
     ignored: tuple[str, ...] = ()
     output_offset: float = 0.0
     output_background: float = 0.0
@@ -154,8 +181,9 @@ BRASYN = TaskSpec(
     min_inputs=3,
     max_inputs=3,
     normalization=BRASYN_NORMALIZATION,
+    case_normalization=BRASYN_CASE_NORMALIZATION,
     default_views=("axial",),
-    file_name="{case}-{modality}.nii.gz",  # inputs and the output alike: no copies of inputs, no suffix
+    namings=NAMINGS,  # <case>-t2f.nii.gz or <case>_flair.nii.gz: the output named as the inputs are
     ignored=("seg",),  # BraTS training folders carry the tumour labels beside the images
     output_background=0.0,
     output_dtype="float32",
@@ -174,7 +202,7 @@ MR2CT = TaskSpec(
     },
     default_views=("axial",),
     targets=("ct",),
-    file_name="{case}-{modality}.nii.gz",  # <case>-t1.nii.gz in, <case>-ct.nii.gz out on the MR grid
+    # <case>-t1.nii.gz in, <case>-ct.nii.gz out on the MR grid
     output_background=-1000.0,  # air outside the head
     output_dtype="int16",
     window_overlap=0.75,  # native in-plane size: 256x256 windows, Gaussian blending
@@ -197,7 +225,7 @@ US2MR = TaskSpec(
     targets=("t2w", "t2f"),
     default_targets=("t2w",),  # FLAIR when asked: --targets t2w t2f
     inputs=("us",),
-    file_name="{case}-{modality}.nii.gz",  # <case>-us.nii.gz in, <case>-t2w.nii.gz out on the ultrasound grid
+    # <case>-us.nii.gz in, <case>-t2w.nii.gz out on the ultrasound grid
     ignored=("seg",),  # tumour labels next to the images
     output_background=0.0,
     output_dtype="float32",

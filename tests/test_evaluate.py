@@ -133,11 +133,13 @@ def test_command_on_synthetic_folders(synthetic, tmp_path, capsys):
     met = key[("BraTS-MET-00002-000", "prediction", "t2w")]
     assert met["tumour_type"] == "MET" and met["ssim_tumour"] == "nan" and float(met["ssim_brain"]) > 0.9
     assert key[("BraTS-MEN-00003-000", "prediction", "")]["status"] == "missing"
-    # Baselines: every case and modality, both baselines.
-    for case in ("BraTS-GLI-00001-000", "BraTS-MET-00002-000", "BraTS-MEN-00003-000"):
-        for m in BRATS_MODALITIES:
-            for b in ("baseline_mean", "baseline_copy"):
-                assert key[(case, b, m)]["status"] == "ok"
+    # Baselines: both, for exactly the modalities that have a prediction file (the unreadable one included).
+    predicted = {"BraTS-GLI-00001-000": {"t1c", "t2f", "t2w"}, "BraTS-MET-00002-000": {"t2w"},
+                 "BraTS-MEN-00003-000": set()}
+    for case, mods in predicted.items():
+        for b in ("baseline_mean", "baseline_copy"):
+            assert {m for (c, source, m) in key if c == case and source == b} == mods
+            assert all(key[(case, b, m)]["status"] == "ok" for m in mods)
     # Segmentation: the GLI one is perfect; MET has no reference seg and no segmentation; MEN none given.
     seg_row = key[("BraTS-GLI-00001-000", "segmentation", "all")]
     assert all(float(seg_row[f"dice_{r}"]) == 1 and float(seg_row[f"hd95_{r}"]) == 0 for r in ("ET", "TC", "WT"))
@@ -153,8 +155,8 @@ def test_command_on_synthetic_folders(synthetic, tmp_path, capsys):
 
 
 def test_summary_groups_by_tumour_type(synthetic):
-    ref, out, _, _ = synthetic
-    result = ev.evaluate(ref, out, modalities=["t2w"], baselines=["copy"], progress=False, log=lambda _m: None)
+    ref, _, _, _ = synthetic  # baselines alone: every case's t2w, predicted or not
+    result = ev.evaluate(ref, None, modalities=["t2w"], baselines=["copy"], progress=False, log=lambda _m: None)
     summary = result.summary()
     groups = {s["group"] for s in summary}
     assert groups == {"all", "GLI", "MET", "MEN"}

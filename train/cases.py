@@ -1,6 +1,7 @@
 """Training cases: discovery in BraTS-layout folders, the seeded case-level split, and reading one case."""
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,20 +10,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from infer.cases import discover_cases, load_volume
+from infer.cases import CaseError, case_naming, discover_cases, load_volume
+from infer.naming import BRATS_2023, SEGMENTATION, Naming
 from infer.tasks import TASKS, TaskSpec
-
-SEG_SUFFIX = "-seg.nii.gz"
-"""A case's segmentation file is `<case>-seg.nii.gz` next to its modalities (BraTS training layout)."""
 
 
 @dataclass(frozen=True)
 class TrainCase:
-    """A case with every modality of the task (modality -> file) and, when present, its segmentation."""
+    """A case with every modality of the task (modality -> file), its segmentation when present
+    (`<case>-seg.nii.gz` or `<case>_seg.nii.gz` beside the modalities) and the naming convention of its files."""
 
     name: str
     files: dict[str, Path]
     seg: Path | None
+    naming: Naming = BRATS_2023
 
 
 def get_task(name: str) -> TaskSpec:
@@ -46,8 +47,12 @@ def find_cases(roots: Sequence[str | Path], task: TaskSpec) -> list[TrainCase]:
             if set(found.files) != set(task.modalities):
                 incomplete.append(found.name)
                 continue
-            seg = next(iter(found.files.values())).parent / f"{found.name}{SEG_SUFFIX}"
-            cases.append(TrainCase(found.name, dict(found.files), seg if seg.is_file() else None))
+            try:
+                naming = case_naming(found, task)
+            except CaseError as err:
+                raise ValueError(str(err)) from None
+            seg = next(iter(found.files.values())).parent / naming.file_name(found.name, SEGMENTATION)
+            cases.append(TrainCase(found.name, dict(found.files), seg if seg.is_file() else None, naming))
     if incomplete:
         warnings.warn(f"skipped {len(incomplete)} case(s) lacking a modality: {', '.join(incomplete[:5])}"
                       + (" ..." if len(incomplete) > 5 else ""), stacklevel=2)
@@ -76,15 +81,29 @@ def split_cases(cases: Sequence[TrainCase], val_fraction: float, val_names: Sequ
     return [c for c in cases if c.name not in held], [c for c in cases if c.name in held]
 
 
+def read_split(path: str | Path) -> tuple[list[str], list[str]]:
+    """(train, validation) case names of a split file: JSON with "train" and "validation" lists."""
+    try:
+        data = json.loads(Path(path).read_text())
+        train, validation = list(data["train"]), list(data["validation"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read split file {path}: {type(err).__name__}: {err}") from None
+    both = sorted(set(train) & set(validation))
+    if both:
+        raise ValueError(f"split file {path}: {both[0]} is both a training and a validation case")
+    return train, validation
+
+
 def load_case(case: TrainCase, modalities: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Raw float32 volumes keyed by modality and the uint8 label map (None without a segmentation)."""
+    """Raw float32 volumes keyed by modality and the uint8 label map in 2023 labels (None without a
+    segmentation)."""
     volumes = {m: load_volume(case.name, case.files[m])[1] for m in modalities}
     shapes = {v.shape for v in volumes.values()}
     if len(shapes) != 1:
         raise ValueError(f"{case.name}: modalities differ in shape ({sorted(shapes)})")
     seg = None
     if case.seg is not None:
-        seg = np.asarray(nib.load(case.seg).dataobj).astype(np.uint8)
+        seg = case.naming.read_labels(np.asarray(nib.load(case.seg).dataobj).astype(np.uint8))
         if seg.shape != next(iter(shapes)):
             raise ValueError(f"{case.name}: segmentation shape {seg.shape} differs from {next(iter(shapes))}")
     return volumes, seg

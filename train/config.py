@@ -24,19 +24,24 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the cases are and how they become slices.
 
-    roots: BraTS-layout folders (one sub-folder per case). task: name in `infer.tasks.TASKS` (modalities, file
-    names, fallback statistics). stats: JSON from `python -m train stats` (None = the task's statistics).
+    roots: BraTS-layout folders (one sub-folder per case, either naming convention). task: name in
+    `infer.tasks.TASKS` (modalities, file names, fallback statistics). normalization: "dataset" (z-score with
+    `stats`, a JSON from `python -m train stats`, or the task's published statistics when None) or "case" (the
+    task's per-case normalisation, `TaskSpec.case_normalization`).
     views: slicing views to train on. slice_size: square side slices are padded to (the inference rule).
     crop: train on random crops of this side instead (None = whole slices); it sets the networks' input size,
     and a generator trained on crops cannot run through the inference engine. min_brain_pixels: a slice is kept when
     every modality has at least this many foreground pixels. min_tumour_fraction: keep only slices whose
     tumour covers at least this fraction of the square slice (segmenter training; 0 = no filter).
+    split: a split file (JSON with "train" and "validation" case lists, e.g. `train/splits/brats18.json`) whose
+    validation cases are held out (overrides val_cases and val_fraction).
     val_cases: case names held out (overrides val_fraction); split_seed: seed of the case-level split.
     require_seg: drop training cases without a segmentation. cache_dir: prepared-slice cache (None = in memory).
     """
 
     roots: list[str] = field(default_factory=list)
     task: str = "brasyn"
+    normalization: str = "dataset"
     stats: str | None = None
     views: list[str] = field(default_factory=lambda: ["axial"])
     slice_size: int = 240
@@ -44,6 +49,7 @@ class DataConfig:
     min_brain_pixels: int = 2000
     min_tumour_fraction: float = 0.0
     val_fraction: float = 0.1
+    split: str | None = None
     val_cases: list[str] = field(default_factory=list)
     split_seed: int = 0
     require_seg: bool = True
@@ -166,15 +172,17 @@ class Config:
 class VolumeDataConfig:
     """Cases of the volumetric models (3D refiner, full-3D generator).
 
-    roots, task, val_fraction, val_cases, split_seed, require_seg: as in `DataConfig`. stats: statistics of a
+    roots, task, normalization, val_fraction, split, val_cases, split_seed, require_seg: as in `DataConfig`. stats: statistics of a
     full-3D generator (a refiner uses its generator's). cache_dir: where each training case is kept normalised
     and cropped to its brain, with the frozen generator's volumes for a refiner (`python -m train cache-volumes`).
     """
 
     roots: list[str] = field(default_factory=list)
     task: str = "brasyn"
+    normalization: str = "dataset"
     stats: str | None = None
     val_fraction: float = 0.0
+    split: str | None = None
     val_cases: list[str] = field(default_factory=list)
     split_seed: int = 0
     require_seg: bool = False

@@ -190,6 +190,9 @@ class GanUpdate:
         set_lr(md.opt_g, lr)
         md.opt_g.step()
 
+        logs = {**{name: value.detach() for name, value in terms.items()}, "g_total": total.detach()}
+        if not (w.adversarial or w.classification):  # nothing uses the discriminator: leave it untrained
+            return logs
         with self._autocast(device):
             patch, cls = md.discriminator(torch.cat([real, fake.detach()]))
         patch = patch.float()
@@ -199,6 +202,4 @@ class GanUpdate:
         d_total.backward()
         set_lr(md.opt_d, lr * self.d_lr_factor)
         md.opt_d.step()
-
-        return {**{name: value.detach() for name, value in terms.items()}, "g_total": total.detach(),
-                "d_total": d_total.detach()}
+        return {**logs, "d_total": d_total.detach()}

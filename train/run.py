@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from infer.tasks import VIEWS, Normalization, TaskSpec, norm_to_json
 from train.cache import load_slabs
-from train.cases import TrainCase, find_cases, get_task, split_cases
+from train.cases import TrainCase, find_cases, get_task, read_split, split_cases
 from train.config import Config, ConfigError
 from train.distributed import DistContext, barrier
 from train.sampler import ShardedBatches
@@ -41,8 +41,21 @@ class RunData:
         return self.norms[self.modalities[0]].background
 
 
+NORMALIZATION_CHOICES: tuple[str, ...] = ("dataset", "case")
+
+
 def normalization(cfg: Config, task: TaskSpec) -> dict[str, Normalization]:
-    """`data.stats` when given, else the task's published statistics."""
+    """`data.normalization`: "case" = the task's per-case normalisation; "dataset" = `data.stats` when given,
+    else the task's published statistics."""
+    choice = cfg.data.normalization
+    if choice not in NORMALIZATION_CHOICES:
+        raise ConfigError(f"data.normalization must be one of {', '.join(NORMALIZATION_CHOICES)}, got {choice!r}")
+    if choice == "case":
+        if cfg.data.stats:
+            raise ConfigError("data.stats is for data.normalization: dataset, not case")
+        if not task.case_normalization:
+            raise ConfigError(f"task {task.name} has no per-case normalisation")
+        return dict(task.case_normalization)
     return load_stats(cfg.data.stats, task.modalities) if cfg.data.stats else dict(task.normalization)
 
 
@@ -56,8 +69,9 @@ def image_size(cfg: Config) -> int:
 
 def training_cases(cfg: Config, task: TaskSpec) -> tuple[list[TrainCase], list[TrainCase]]:
     """(train, validation) cases; with `data.require_seg`, training cases without a segmentation are dropped."""
-    train_cases, val_cases = split_cases(find_cases(cfg.data.roots, task), cfg.data.val_fraction,
-                                         cfg.data.val_cases, cfg.data.split_seed)
+    val_names = read_split(cfg.data.split)[1] if cfg.data.split else cfg.data.val_cases
+    train_cases, val_cases = split_cases(find_cases(cfg.data.roots, task), cfg.data.val_fraction, val_names,
+                                         cfg.data.split_seed)
     if cfg.data.require_seg:
         unlabelled = [c.name for c in train_cases if c.seg is None]
         if unlabelled:
