@@ -8,6 +8,7 @@ Every problem is a `CaseError`: one line naming the case and, where there is one
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,3 +196,16 @@ def validate_case(case: CaseFiles, decoded: Decoded) -> CaseVolumes:
         if not np.allclose(image.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
             raise CaseError(case.name, f"affine differs from that of {reference_path.name}", path)
     return CaseVolumes(case.name, {m: data for m, (_, data) in decoded.items()}, reference)
+
+
+def read_split(path: str | Path) -> tuple[list[str], list[str]]:
+    """(train, validation) case names of a split file: JSON with "train" and "validation" lists."""
+    try:
+        data = json.loads(Path(path).read_text())
+        train, validation = list(data["train"]), list(data["validation"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read split file {path}: {type(err).__name__}: {err}") from None
+    both = sorted(set(train) & set(validation))
+    if both:
+        raise ValueError(f"split file {path}: {both[0]} is both a training and a validation case")
+    return train, validation

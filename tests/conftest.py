@@ -34,3 +34,9 @@ from helpers import save_tiny_checkpoint  # noqa: E402 (appended with the fixtur
 def small_checkpoint(tmp_path_factory) -> Path:
     """A tiny random BraSyn generator for 32x32 slices, saved as a checkpoint folder."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "small", image_size=32)
+
+
+@pytest.fixture(scope="session")
+def brats18_data() -> Path:
+    """`../shared/data/brats18`: 20 real BraTS 2018 cases in the 2018-2021 naming (enhancing tumour = 4)."""
+    return _require(SHARED / "data" / "brats18")

@@ -1,7 +1,6 @@
 """Training cases: discovery in BraTS-layout folders, the seeded case-level split, and reading one case."""
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,19 +78,6 @@ def split_cases(cases: Sequence[TrainCase], val_fraction: float, val_names: Sequ
         order = np.random.default_rng(seed).permutation(len(cases))
         held = {cases[i].name for i in order[:round(val_fraction * len(cases))]}
     return [c for c in cases if c.name not in held], [c for c in cases if c.name in held]
-
-
-def read_split(path: str | Path) -> tuple[list[str], list[str]]:
-    """(train, validation) case names of a split file: JSON with "train" and "validation" lists."""
-    try:
-        data = json.loads(Path(path).read_text())
-        train, validation = list(data["train"]), list(data["validation"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"cannot read split file {path}: {type(err).__name__}: {err}") from None
-    both = sorted(set(train) & set(validation))
-    if both:
-        raise ValueError(f"split file {path}: {both[0]} is both a training and a validation case")
-    return train, validation
 
 
 def load_case(case: TrainCase, modalities: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

@@ -14,9 +14,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from infer.cases import read_split
 from infer.tasks import VIEWS, Normalization, TaskSpec, norm_to_json
 from train.cache import load_slabs
-from train.cases import TrainCase, find_cases, get_task, read_split, split_cases
+from train.cases import TrainCase, find_cases, get_task, split_cases
 from train.config import Config, ConfigError
 from train.distributed import DistContext, barrier
 from train.sampler import ShardedBatches

@@ -1,0 +1,176 @@
+"""Score a BraSyn model on complete held-out cases: each modality left out in turn, synthesised by the model
+through the command line's runner, and scored with `infer.evaluate` next to the trivial baselines.
+
+    python -m infer.holdout --weights weights/brasyn --data ../shared/data/brats18 \
+        --split train/splits/brats18.json --extra ../shared/data/brats/BraTS-GLI-00001-000 --output runs/holdout
+
+The validation cases of `--split` (found under `--data`) form the group "validation"; each `--extra` case folder
+is a group of its own. Inputs are symbolic links in `OUTPUT/inputs/without-<m>/` (either naming convention, as
+the cases come), predictions go to `OUTPUT/pred/without-<m>/` with QC pictures, per-case scores to
+`OUTPUT/per_case.csv`; the Markdown tables of the model card are printed and written to `OUTPUT/summary.md`.
+
+Output sanity is counted per prediction: `brain_zeros` = voxels inside the inputs' majority-vote foreground
+that the output sets to 0; `far_above` = voxels brighter, relative to the output's own 99.5th brain percentile,
+than the reference's brightest voxel is relative to its own (a scale-free "beyond the real range").
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from infer import cli
+from infer.baselines import BASELINES
+from infer.cases import CaseFiles, case_naming, discover_cases, read_split
+from infer.evaluate import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
+                            summarize, write_csv)
+from infer.intensity import background_vote, foreground
+from infer.tasks import BRASYN, BRATS_MODALITIES
+
+TABLE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "psnr", "mae")
+SANITY: tuple[str, ...] = ("brain_zeros", "far_above")
+
+
+def find_case(folder: Path) -> CaseFiles:
+    """The complete BraSyn case in `folder` (named as the folder, either convention)."""
+    found = [c for c in discover_cases(folder.parent, BRASYN) if c.name == folder.name]
+    if not found or set(found[0].files) != set(BRATS_MODALITIES):
+        raise ValueError(f"{folder}: not a case folder with all of {', '.join(BRATS_MODALITIES)}")
+    case_naming(found[0], BRASYN)
+    return found[0]
+
+
+def validation_folders(data: Path, split: Path) -> list[Path]:
+    """The case folders of a split file's validation cases under `data`."""
+    return [data / name for name in read_split(split)[1]]
+
+
+def link_inputs(cases: Sequence[CaseFiles], left_out: str, folder: Path) -> None:
+    """`folder/<case>/` with links to every file of each case but `left_out`, under their own names."""
+    for case in cases:
+        target = folder / case.name
+        target.mkdir(parents=True, exist_ok=True)
+        for modality, path in case.files.items():
+            link = target / path.name
+            if modality != left_out and not link.exists():
+                link.symlink_to(path.resolve())
+
+
+def link_references(cases: Sequence[CaseFiles], folder: Path) -> None:
+    """`folder/<case>` linking each case folder (one reference root for cases from several places)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        link = folder / case.name
+        if not link.exists():
+            link.symlink_to(next(iter(case.files.values())).parent.resolve())
+
+
+def sanity_counts(prediction: np.ndarray, inputs: Mapping[str, np.ndarray], reference: np.ndarray
+                  ) -> dict[str, int]:
+    """`brain_zeros` and `far_above` of one prediction (see the module docstring)."""
+    brain = ~background_vote([foreground(v) for v in inputs.values()])
+    ref_brain = reference[reference > 0]
+    pred_brain = prediction[brain]
+    ref_ratio = float(ref_brain.max() / max(np.percentile(ref_brain, 99.5), 1e-6))
+    pred_high = max(float(np.percentile(pred_brain, 99.5)), 1e-6) if pred_brain.size else 1e-6
+    return {"brain_zeros": int(np.count_nonzero(pred_brain <= 0)),
+            "far_above": int(np.count_nonzero(prediction > ref_ratio * pred_high))}
+
+
+def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]) -> str:
+    """One table per group: a row per (missing modality, source), the `TABLE_METRICS` means and the sanity
+    counts (predictions only, summed)."""
+    sources = [(PREDICTION, "model"), *((baseline_source(b), f"{b} baseline") for b in BASELINES)]
+    out = []
+    for group, names in groups.items():
+        sel = [r for r in rows if r["case"] in names]
+        summary = {(s["source"], s["modality"], s["metric"]): s["mean"] for s in summarize(sel, TABLE_METRICS)}
+        out += [f"{group} ({len(names)} case{'s' * (len(names) != 1)}: {', '.join(names)})", "",
+                "| missing | source | SSIM healthy | SSIM tumour | brain SSIM | PSNR (dB) | MAE | brain voxels = 0 "
+                "| far above range |", "|" + " --- |" * 9]
+        for modality in BRATS_MODALITIES:
+            for source, label in sources:
+                cells = [_cell(summary.get((source, modality, m)), m) for m in TABLE_METRICS]
+                counts = ["-", "-"]
+                if source == PREDICTION:
+                    counts = [str(sum(int(r[k]) for r in sel if r["source"] == source and r["modality"] == modality
+                                      and r["status"] == "ok")) for k in SANITY]
+                out.append(f"| {modality} | {label} | " + " | ".join(cells + counts) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell(value: float | None, metric: str) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}" if metric.startswith("ssim") else f"{value:.4f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infer.holdout", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=Path, help="BraSyn checkpoint (default: the bundled weights)")
+    p.add_argument("--data", type=Path, help="folder holding the split's cases")
+    p.add_argument("--split", type=Path, help="split file; its validation cases are scored")
+    p.add_argument("--extra", type=Path, nargs="*", default=[], help="further complete case folders, each a group")
+    p.add_argument("--output", type=Path, required=True, help="work and result folder")
+    p.add_argument("--views", help="views to run (default: the checkpoint's)")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    groups: dict[str, list[Path]] = {}
+    if args.split is not None:
+        if args.data is None:
+            print("error: --split needs --data", file=sys.stderr)
+            return 2
+        groups["validation"] = validation_folders(args.data, args.split)
+    for folder in args.extra:
+        groups[folder.name] = [folder]
+    if not groups:
+        print("error: no cases: give --data and --split, and/or --extra", file=sys.stderr)
+        return 2
+    try:
+        cases = [find_case(f) for folders in groups.values() for f in folders]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.output
+    link_references(cases, out / "reference")
+    rows: list[dict] = []
+    for modality in BRATS_MODALITIES:
+        inputs, preds = out / "inputs" / f"without-{modality}", out / "pred" / f"without-{modality}"
+        link_inputs(cases, modality, inputs)
+        argv_run = ["--task", "brasyn", "--input", str(inputs), "--output", str(preds), "--qc", "--overwrite",
+                    "--device", args.device]
+        argv_run += ["--weights", str(args.weights)] if args.weights else []
+        argv_run += ["--views", args.views] if args.views else []
+        if cli.main(argv_run) != 0:
+            print(f"error: synthesis without {modality} failed", file=sys.stderr)
+            return 1
+        result = evaluate(out / "reference", preds, baselines=list(BASELINES), modalities=[modality],
+                          progress=False)
+        if result.errors:
+            return 1
+        for row in result.rows:
+            if row["source"] == PREDICTION and row["status"] == "ok":
+                case = next(c for c in cases if c.name == row["case"])
+                volumes = {m: load_volume(p)[0] for m, p in case.files.items()}
+                pred = load_volume(prediction_file(preds, case.name, modality, case_naming(case, BRASYN)))[0]
+                row.update(sanity_counts(pred, {m: v for m, v in volumes.items() if m != modality},
+                                         volumes[modality]))
+        rows += result.rows
+    write_csv(rows, out / "per_case.csv", columns=[*CSV_COLUMNS, *SANITY])
+    text = markdown_tables(rows, {g: [f.name for f in folders] for g, folders in groups.items()})
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
