@@ -76,7 +76,8 @@ class EngineSettings:
 
     modalities: model channel order. normalization: statistics per modality. views: distinct views to average.
     image_size: the generator's square input side. context_slices: k of 2.5D (0 = 2D). view_embedding: whether
-    the generator takes the view index. output_offset / output_background / window_overlap / crop_to: see
+    the generator takes the view index. output_offset / output_background / output_floor / window_overlap /
+    crop_to: see
     `infer.tasks.TaskSpec`.
     """
 
@@ -88,6 +89,7 @@ class EngineSettings:
     view_embedding: bool = False
     output_offset: float = 0.0
     output_background: float = 0.0
+    output_floor: float | None = None
     window_overlap: float | None = None
     crop_to: str | None = None
 
@@ -129,6 +131,7 @@ def resolve_settings(task: TaskSpec, model: nn.Module, views: Sequence[str] | No
         view_embedding=config.num_views > 0,
         output_offset=task.output_offset,
         output_background=task.output_background,
+        output_floor=task.output_floor,
         window_overlap=task.window_overlap,
         crop_to=task.crop_to,
     )
@@ -168,9 +171,12 @@ def input_foregrounds(volumes: Mapping[str, np.ndarray], settings: EngineSetting
 
 def to_output(synthesis: np.ndarray, background: np.ndarray, norm: Normalization,
               settings: EngineSettings) -> np.ndarray:
-    """Normalised synthesis -> output units (denormalised + offset), `output_background` where `background`."""
+    """Normalised synthesis -> output units (denormalised + offset), `output_background` where `background`,
+    at least `output_floor` elsewhere."""
     out = denormalize(synthesis, norm)
     out += np.float32(settings.output_offset)
+    if settings.output_floor is not None:
+        np.maximum(out, np.float32(settings.output_floor), out=out)
     out[background] = settings.output_background
     return out
 

@@ -123,6 +123,9 @@ class TaskSpec:
     ignored: names in the `modality` position of files that belong to a case but are not inputs (skipped).
     output_offset: added after denormalising (output units = denormalised value + offset).
     output_background: value of the output where the inputs' majority vote says background.
+    output_floor: the least value the output takes where the vote says foreground (None: no floor). BraTS
+        brains hold no voxel of 0, and readers take 0 for background, so a BraSyn output must not write 0
+        inside the brain.
     output_dtype: numpy dtype name of the written output.
     window_overlap: slices larger than the model's input are covered by sliding windows of the input's size
         with this overlap and Gaussian blending (None: such slices are an error).
@@ -150,6 +153,7 @@ class TaskSpec:
     ignored: tuple[str, ...] = ()
     output_offset: float = 0.0
     output_background: float = 0.0
+    output_floor: float | None = None
     output_dtype: str = "float32"
     window_overlap: float | None = None
     crop_to: str | None = None
@@ -186,6 +190,7 @@ BRASYN = TaskSpec(
     namings=NAMINGS,  # <case>-t2f.nii.gz or <case>_flair.nii.gz: the output named as the inputs are
     ignored=("seg",),  # BraTS training folders carry the tumour labels beside the images
     output_background=0.0,
+    output_floor=1.0,  # one intensity unit: nothing inside the brain is written as background
     output_dtype="float32",
 )
 

@@ -94,7 +94,7 @@ def patch_settings(task: TaskSpec, model: nn.Module) -> EngineSettings:
                          f"({list(task.modalities)})")
     return EngineSettings(modalities=tuple(meta.modalities), normalization={**task.normalization, **meta.normalization},
                           views=("axial",), image_size=0, output_offset=task.output_offset,
-                          output_background=task.output_background)
+                          output_background=task.output_background, output_floor=task.output_floor)
 
 
 class PatchVolumePredictor:

@@ -175,3 +175,17 @@ def test_predict_reports_its_stage_times():
         synthetic_volumes((8, 8, 4)), "t1n", timings)
     assert set(timings) == {"read", "preprocess", "forward", "postprocess"} and timings["read"] == 1.5
     assert all(t > 0 for t in timings.values())
+
+
+def test_brasyn_output_never_writes_background_inside_the_brain():
+    """A synthesis at or below the normalised background inside the inputs' foreground is floored at one
+    intensity unit (BraTS brains hold no 0 voxel); the vote's background stays 0."""
+    norms = {m: BRASYN.case_normalization[m] for m in BRASYN.modalities}
+    settings = replace(settings_for(("axial",), image_size=32), normalization=norms,
+                       output_floor=BRASYN.output_floor)
+    volumes = synthetic_volumes((20, 18, 10))
+    volumes["t2f"][:10] = 0  # brain by the vote of t1c and t2w, -1 (background) in the copied t2f
+    out = VolumePredictor(CopyModel(source=BRASYN.modalities.index("t2f")), settings).predict(volumes, "t1n")
+    brain = ~background_vote([foreground(v) for v in volumes.values()])
+    assert brain[:10].any() and BRASYN.output_floor == 1.0
+    assert (out[:10][brain[:10]] == 1.0).all() and (out[brain] >= 1.0).all() and (out[~brain] == 0).all()

@@ -54,7 +54,8 @@ def engine_settings(generator: nn.Module, task: TaskSpec, norms: Mapping[str, No
     return EngineSettings(modalities=task.modalities, normalization=dict(norms), views=tuple(views),
                           image_size=config.image_size, context_slices=config.context_slices,
                           view_embedding=config.num_views > 0, output_offset=task.output_offset,
-                          output_background=task.output_background, window_overlap=task.window_overlap,
+                          output_background=task.output_background, output_floor=task.output_floor,
+                          window_overlap=task.window_overlap,
                           crop_to=task.crop_to)
 
 
