@@ -121,7 +121,7 @@ def case_naming(case: CaseFiles, task: TaskSpec) -> Naming:
 
 
 def check_case(case: CaseFiles, task: TaskSpec) -> tuple[str, ...]:
-    """The modalities to synthesise for `case` (the targets it lacks); CaseError when its files do not fit."""
+    """The outputs of `case`: the targets it lacks, or the task's product; CaseError when its files do not fit."""
     naming = case_naming(case, task)
     if case.unknown:
         expected = naming.file_name(case.name, "<modality>")
@@ -137,6 +137,8 @@ def check_case(case: CaseFiles, task: TaskSpec) -> tuple[str, ...]:
     if not_inputs:
         raise CaseError(case.name, f"{not_inputs[0]} is not an input of task {task.name} (inputs: "
                                    f"{', '.join(task.input_modalities)})", case.files[not_inputs[0]])
+    if task.product is not None:
+        return (task.product,)
     targets = tuple(m for m in task.requested_targets if m not in case.files)
     if not targets:
         raise CaseError(case.name, f"nothing to synthesise: every one of {', '.join(task.requested_targets)} "

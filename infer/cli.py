@@ -1,7 +1,8 @@
 """Command line: `python -m infer --task brasyn --input IN --output OUT [options]`.
 
 Exit status: 0 when every case of the shard was written or skipped, 1 when a case failed (the others are still
-processed, and a summary names the failures), 2 for a usage or setup error (bad option, checkpoint, folders).
+processed, and a summary names the failures), 2 for a usage or setup error (bad option, checkpoint, folders),
+128 + N when stopped by signal N (SIGTERM, SIGINT: the output being written is abandoned, no partial file stays).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 
 from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE, VolumePredictor, resolve_settings
 from infer.refine import NO_REFINER, REFINER_FOLDER, load_refiner, refiner_path
-from infer.runner import QC_FOLDER, run
+from infer.interrupt import Interrupted, stop_on_signals
+from infer.runner import QC_FOLDER, printable, run
+from infer.segment import SegmentationPredictor
 from infer.tasks import TASKS, VIEWS, TaskSpec
 from infer.volumetric import PatchVolumePredictor, patch_settings
 from infer.writer import DEFAULT_COMPRESSION_LEVEL
@@ -127,12 +130,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_predictor(args: argparse.Namespace, task: TaskSpec) -> VolumePredictor | PatchVolumePredictor:
+def build_predictor(args: argparse.Namespace, task: TaskSpec
+                    ) -> VolumePredictor | PatchVolumePredictor | SegmentationPredictor:
     """Load the checkpoint (a slice generator, or a full-3D generator by its kind) and combine task defaults,
     checkpoint settings and command-line options."""
     weights = args.weights or default_weights(task)
     device = pick_device(args.device)
     kind = read_config(weights).get("kind")
+    if (kind == "segmenter3d") != (task.product is not None):
+        raise SetupError(f"{weights}: a {kind} checkpoint does not serve task {task.name}")
+    if kind == "segmenter3d":
+        if args.views or args.refine not in (None, NO_REFINER):
+            raise SetupError("--views and --refine apply to slice generators, not to a segmenter")
+        return SegmentationPredictor(load_model(weights, device=device, kind="segmenter3d"), device=device)
     if kind == "generator3d":
         if args.views or args.refine not in (None, NO_REFINER):
             raise SetupError("--views and --refine apply to slice generators, not to a full-3D generator")
@@ -163,11 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"not {', '.join(unknown)}")
         task = replace(task, default_targets=tuple(dict.fromkeys(args.targets)))
     try:
-        predictor = build_predictor(args, task)
-        summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,
-                      qc=args.qc, compression_level=args.compression_level)
+        with stop_on_signals():
+            predictor = build_predictor(args, task)
+            summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,
+                          qc=args.qc, compression_level=args.compression_level)
+    except Interrupted as err:
+        print(f"error: {err}; outputs written before are complete, the one being written was abandoned (run "
+              "again to finish: finished outputs are skipped)", file=sys.stderr)
+        return 128 + err.signum
     except (SetupError, ValueError, OSError) as err:  # models.checkpoint.CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     for failure in summary.failed:
         print(f"failed: {failure}", file=sys.stderr)

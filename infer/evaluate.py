@@ -46,6 +46,7 @@ from infer.metrics import (CHALLENGE_BORDER_CROP, FIELD_METRICS, IMAGE_METRICS, 
                            percentile_normalize)
 from infer.naming import BRATS_2023, Naming, naming_of_segmentation
 from infer.naming import SEGMENTATION as SEG_FILE
+from infer.runner import QC_FOLDER
 from infer.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
 from infer.tasks import BRASYN, BRATS_MODALITIES, TASKS, TaskSpec
 
@@ -310,6 +311,8 @@ def evaluate(
 def _report_unmatched(pred_dir: Path, found: Mapping[str, ReferenceCase], warn: Callable[[str], None],
                       task: TaskSpec) -> None:
     for p in sorted(pred_dir.iterdir()):
+        if p.name == QC_FOLDER and p.is_dir():  # the QC pictures of `python -m infer --qc`
+            continue
         parsed = parse_file_name(p.name, task)
         if parsed is None or parsed[1] not in task.modalities:
             warn(f"ignoring {p}: not named <case>-<modality>.nii.gz")
@@ -573,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the BraTS segmentation container on the completed cases (needs Docker; not available)")
     p.add_argument("--baselines", action="store_true",
                    help="also score the mean and copy baselines for every reference modality")
-    p.add_argument("--task", choices=sorted(TASKS), default="brasyn",
+    p.add_argument("--task", choices=sorted(t for t, spec in TASKS.items() if spec.product is None), default="brasyn",
                    help="task of the predictions (default brasyn); mr2ct and us2mr are scored inside the head / "
                         "the ultrasound's field of view")
     p.add_argument("--modalities", nargs="+", help="modalities to score (default: every target of the task)")
@@ -584,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{CHALLENGE_BORDER_CROP}, as the organisers' scoring; 0 = torchmetrics 1.9)")
     p.add_argument("--csv", type=Path, help="per-case CSV to write")
     p.add_argument("--summary-csv", type=Path, help="summary CSV to write")
-    p.add_argument("--report", type=Path, help="report to write: .md or .html (PNG figures next to it)")
+    p.add_argument("--report", type=Path, help="report to write: .md or .html (PNG figures in <stem>_files/ next to it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -606,11 +609,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --report must end in .md or .html: {args.report}", file=sys.stderr)
         return 2
 
-    result = evaluate(
-        args.reference, args.pred, segmentation_dir=args.segmentations,
-        baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
-        nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
-        progress=not args.no_progress, task=TASKS[args.task])
+    try:
+        result = evaluate(
+            args.reference, args.pred, segmentation_dir=args.segmentations,
+            baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
+            nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
+            progress=not args.no_progress, task=TASKS[args.task])
+    except ValueError as e:  # options that do not fit the task (baselines or modalities it has none of)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = result.summary()
     if args.csv is not None:
         write_csv(result.rows, args.csv)

@@ -44,3 +44,20 @@ def region_mask(seg: np.ndarray, region: str) -> np.ndarray:
 def region_masks(seg: np.ndarray, regions: tuple[str, ...] = REGION_NAMES) -> dict[str, np.ndarray]:
     """Boolean masks of several regions, keyed by region name."""
     return {name: region_mask(seg, name) for name in regions}
+
+
+def regions_from_labels(seg: np.ndarray) -> np.ndarray:
+    """(len(REGION_NAMES), ...) bool: the region masks of a label map, in `REGION_NAMES` order."""
+    return np.stack([region_mask(seg, r) for r in REGION_NAMES])
+
+
+def labels_from_regions(regions: np.ndarray) -> np.ndarray:
+    """uint8 label map from (len(REGION_NAMES), ...) region masks (ET, TC, WT), nested as BraTS nests them:
+    ET -> 3; TC without ET -> 1 (NETC); WT without TC -> 2 (ED). A voxel in ET or TC is tumour core whatever WT
+    says, so the map never loses a voxel that a region claims."""
+    et, tc, wt = (np.asarray(regions[REGION_NAMES.index(r)], dtype=bool) for r in ("ET", "TC", "WT"))
+    labels = np.zeros(et.shape, dtype=np.uint8)
+    labels[wt] = ED
+    labels[tc] = NETC
+    labels[et] = ET
+    return labels

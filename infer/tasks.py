@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from infer.naming import BRATS_2023, NAMINGS, Naming
+from infer.naming import BRATS_2023, NAMINGS, SEGMENTATION, Naming
 
 BRATS_MODALITIES: tuple[str, ...] = ("t1c", "t1n", "t2f", "t2w")
 """BraTS MRI modalities in the order the published BraSyn generator uses (channel index = position)."""
@@ -119,7 +119,9 @@ class TaskSpec:
         a case must lack at least one of them.
     inputs: the modalities that may be given (empty = any of `modalities`).
     namings: the naming conventions (`infer.naming`) a case's files may follow; a case's outputs are named in
-        the convention of its inputs.
+        the convention of its inputs, or always in `output_naming` when set.
+    product: a derived output every complete case gets (e.g. "seg", a tumour segmentation), instead of the
+        modalities it lacks; None for synthesis tasks.
     ignored: names in the `modality` position of files that belong to a case but are not inputs (skipped).
     output_offset: added after denormalising (output units = denormalised value + offset).
     output_background: value of the output where the inputs' majority vote says background.
@@ -150,6 +152,8 @@ class TaskSpec:
     default_targets: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     namings: tuple[Naming, ...] = (BRATS_2023,)
+    output_naming: Naming | None = None
+    product: str | None = None
     ignored: tuple[str, ...] = ()
     output_offset: float = 0.0
     output_background: float = 0.0
@@ -238,7 +242,20 @@ US2MR = TaskSpec(
     metrics="field",  # inside the ultrasound's field of view
 )
 
-TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR)}
+SEGMENT = TaskSpec(
+    name="segment",
+    modalities=BRATS_MODALITIES,
+    min_inputs=4,
+    max_inputs=4,
+    namings=NAMINGS,
+    output_naming=BRATS_2023,  # <case>-seg.nii.gz with 2023 labels whatever the inputs' naming
+    product=SEGMENTATION,
+    ignored=(SEGMENTATION,),  # a case's own labels beside its images are not inputs
+    output_background=0.0,
+    output_dtype="uint8",
+)
+
+TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR, SEGMENT)}
 
 VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 """Slicing views; the position is the view index the generator's view embedding receives.

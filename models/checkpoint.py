@@ -7,8 +7,10 @@ model can be rebuilt and run without code changes. Loading never unpickles: safe
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from infer.tasks import Normalization, norm_from_json, norm_to_json
+from infer.tasks import Normalization, PercentileNorm, ScaleNorm, WindowNorm, ZScoreNorm, norm_from_json, norm_to_json
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
+from models.segmenter3d import Segmenter3D, Segmenter3DConfig
 from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
 
 FORMAT_VERSION = 1
@@ -33,11 +36,21 @@ NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "generator": (HFGANGenerator, GeneratorConfig),
     "discriminator": (PatchDiscriminator, DiscriminatorConfig),
     "segmenter": (SliceSegmenter, SegmenterConfig),
+    "segmenter3d": (Segmenter3D, Segmenter3DConfig),
     "refiner": (Refiner3D, RefinerConfig),
     "generator3d": (Generator3D, Generator3DConfig),
     "unet": (Pix2PixUNet, UNetConfig),
     "multiscale_discriminator": (MultiScaleDiscriminator, MultiScaleConfig),
 }
+
+
+CONFIG_KEYS: dict[str, type] = {"kind": str, "task": str, "arch": dict, "modalities": list, "views": list,
+                                "normalization": dict, "provenance": dict}
+"""Top-level config.json entries and their JSON types; those after `modalities` may be left out."""
+
+OPTIONAL_KEYS = ("views", "normalization", "provenance")
+
+JSON_TYPES = {str: "string", dict: "object", list: "array"}
 
 
 class CheckpointError(ValueError):
@@ -74,8 +87,71 @@ def kind_of(model: nn.Module) -> str:
     raise CheckpointError(f"no checkpoint kind for {type(model).__name__}")
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether JSON `value` can stand for a field of type `hint` (a finite number for a float, an array for a
+    tuple)."""
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def check_fields(what: str, cls: type, values: dict[str, Any]) -> None:
+    """CheckpointError unless each entry of `values` fits the type of the field of dataclass `cls` it names."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _fits(value, hints[name]):
+            expected = hints[name].__name__ if isinstance(hints[name], type) else str(hints[name])
+            raise CheckpointError(f"{what}: {name} must be {expected}, got {value!r}")
+
+
+def _degenerate(norm: Normalization) -> str | None:
+    """What makes `norm` map intensities to nothing usable (NaN or a constant), or None."""
+    if isinstance(norm, ZScoreNorm) and norm.std <= 0:
+        return f"std must be above 0, got {norm.std}"
+    if isinstance(norm, (WindowNorm, PercentileNorm)) and not norm.low < norm.high:
+        return f"low ({norm.low}) must be below high ({norm.high})"
+    if isinstance(norm, ScaleNorm) and not (0 < norm.percentile <= 100 and norm.output_high > 0):
+        return f"needs 0 < percentile <= 100 and output_high > 0, got {norm.percentile} and {norm.output_high}"
+    return None
+
+
+def check_normalization(modality: str, data: Any) -> None:
+    """CheckpointError unless JSON `data` is a usable normalisation (finite statistics of the right types, a
+    positive z-score std, a non-empty window or percentile range)."""
+    what = f"normalization of {modality}"
+    try:
+        norm = norm_from_json(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{what}: {' '.join(str(err).split())}") from None
+    check_fields(what, type(norm), asdict(norm))
+    problem = _degenerate(norm)
+    if problem:
+        raise CheckpointError(f"{what}: {problem}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """CheckpointError naming the first entry of a parsed config.json that a model cannot be rebuilt from (the
+    architecture itself is checked by `build_network`)."""
+    for key, json_type in CONFIG_KEYS.items():
+        if key not in config and key not in OPTIONAL_KEYS:
+            raise CheckpointError(f"{key} is missing")
+        if key in config and not isinstance(config[key], json_type):
+            raise CheckpointError(f"{key} must be a JSON {JSON_TYPES[json_type]}, got {config[key]!r}")
+    if config["kind"] not in NETWORKS:
+        raise CheckpointError(f"unknown network kind {config['kind']!r}; known: {', '.join(NETWORKS)}")
+    if not all(isinstance(name, str) for name in [*config["modalities"], *config.get("views", [])]):
+        raise CheckpointError("modalities and views must be arrays of names")
+    for modality, data in config.get("normalization", {}).items():
+        check_normalization(modality, data)
+
+
 def build_network(kind: str, arch: dict[str, Any]) -> nn.Module:
-    """Instantiate a network of `kind` from its architecture dict (unknown keys are an error)."""
+    """Instantiate a network of `kind` from its architecture dict (unknown keys, values of the wrong type and
+    sizes the network rejects are a CheckpointError)."""
     if kind not in NETWORKS:
         raise CheckpointError(f"unknown network kind {kind!r}; known: {', '.join(NETWORKS)}")
     cls, config_cls = NETWORKS[kind]
@@ -83,7 +159,11 @@ def build_network(kind: str, arch: dict[str, Any]) -> nn.Module:
     unknown = set(arch) - known
     if unknown:
         raise CheckpointError(f"unknown {kind} config keys: {', '.join(sorted(unknown))}")
-    return cls(config_cls(**arch))
+    check_fields(f"{kind} config", config_cls, arch)
+    try:
+        return cls(config_cls(**arch))
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"invalid {kind} config: {' '.join(str(err).split())}") from None
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
@@ -106,7 +186,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """The parsed config.json of a checkpoint folder."""
+    """The parsed config.json of a checkpoint folder, checked by `check_config`."""
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint folder (no {CONFIG_FILE})")
@@ -114,8 +194,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_path}: invalid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a JSON object")
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: unsupported format_version {config.get('format_version')!r}")
+    try:
+        check_config(config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
     return config
 
 
@@ -128,7 +214,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", kind: str |
     meta = CheckpointMeta.from_json(config)
     if kind is not None and meta.kind != kind:
         raise CheckpointError(f"{path}: holds a {meta.kind}, expected a {kind}")
-    model = build_network(meta.kind, config["arch"])
+    try:
+        model = build_network(meta.kind, config["arch"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {err}") from None
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing")

@@ -1,5 +1,5 @@
-"""Command line: `python -m train {stats,prepare,fit,segmenter,cache-volumes,refiner,full3d} ...` (fit and
-segmenter also under torchrun; the volumetric commands take `train.config.VolumeConfig` files).
+"""Command line: `python -m train {stats,prepare,fit,segmenter,cache-volumes,refiner,full3d,segmenter3d} ...`
+(fit and segmenter also under torchrun; the volumetric commands take `train.config.VolumeConfig` files).
 
 Config keys are overridden with `--set key.sub=value` (repeatable) or directly as `--key.sub=value` /
 `--key.sub value`; values are YAML (`0.001`, `[axial, sagittal]`, `null`).
@@ -20,13 +20,16 @@ from train.loop import fit
 from train.refiner import cache_generator_volumes, fit_refiner
 from train.run import normalization, now, training_cases
 from train.segmenter import fit_segmenter
+from train.segmenter3d import fit_segmenter3d
 from train.stats import dataset_statistics, save_stats
 
 VOLUME_COMMANDS: dict[str, str] = {
     "cache-volumes": "cache the training cases and the frozen 2D generator's volumes (data.cache_dir)",
     "refiner": "train the residual 3D refiner on the cached 2D generator volumes",
     "full3d": "train the full-3D patch generator",
+    "segmenter3d": "train the 3D BraTS tumour segmenter (python -m infer.segment)",
 }
+RESUMABLE_VOLUME_COMMANDS: tuple[str, ...] = ("segmenter3d",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="write generator/ and discriminator/ from the run's latest state, without training")
     for name, text in VOLUME_COMMANDS.items():
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", help="YAML config (train/configs/refiner.yaml, full3d.yaml); defaults when omitted")
+        p.add_argument("--config", help="YAML config (train/configs/refiner.yaml, full3d.yaml, segmenter3d.yaml); "
+                                        "defaults when omitted")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
+        if name in RESUMABLE_VOLUME_COMMANDS:
+            p.add_argument("--resume", action="store_true", help="continue the run in run.output")
+            p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
     return parser
 
 
@@ -95,8 +102,10 @@ def run_prepare(cfg: Config) -> None:
     print(f"{cfg.data.cache_dir}: {len(slabs)} case views ready")
 
 
-def run_volumetric(command: str, cfg: VolumeConfig) -> None:
-    if command == "cache-volumes":
+def run_volumetric(command: str, cfg: VolumeConfig, args: argparse.Namespace) -> None:
+    if command == "segmenter3d":
+        print(f"run folder: {fit_segmenter3d(cfg, args.resume, args.stop_after)}")
+    elif command == "cache-volumes":
         cases, _ = cache_generator_volumes(cfg, pick_device(cfg.run.device, 0))
         print(f"{cfg.data.cache_dir}: {len(cases)} case(s) with the generator's volumes ready")
     elif command == "refiner":
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         overrides = [*args.overrides, *dotted_overrides(extra)]
         if args.command in VOLUME_COMMANDS:
-            run_volumetric(args.command, load_config(args.config, overrides, VolumeConfig))
+            run_volumetric(args.command, load_config(args.config, overrides, VolumeConfig), args)
             return 0
         cfg = load_config(args.config, overrides)
         if args.command == "prepare":

@@ -191,12 +191,14 @@ class VolumeDataConfig:
 
 @dataclass
 class VolumeModelConfig:
-    """generator: the frozen 2D generator checkpoint whose volumes a refiner corrects. refiner / generator3d:
-    keyword arguments of `models.refiner.RefinerConfig` / `models.generator3d.Generator3DConfig`."""
+    """generator: the frozen 2D generator checkpoint whose volumes a refiner corrects. refiner / generator3d /
+    segmenter3d: keyword arguments of `models.refiner.RefinerConfig` / `models.generator3d.Generator3DConfig` /
+    `models.segmenter3d.Segmenter3DConfig`."""
 
     generator: str | None = None
     refiner: dict[str, Any] = field(default_factory=dict)
     generator3d: dict[str, Any] = field(default_factory=dict)
+    segmenter3d: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,10 +206,12 @@ class PatchConfig:
     """Training patches and the sliding window of inference (the checkpoint records the window).
 
     size: patch and window side per axis (X, Y, Z). overlap, blend, sigma_scale, window_batch: `overlap`,
-    `mode`, `sigma_scale` and `batch_size` of `infer.volumetric.WindowSettings`.
+    `mode`, `sigma_scale` and `batch_size` of `infer.volumetric.WindowSettings`. tumour_fraction: share of the
+    patches centred on a tumour voxel (the 3D segmenter; the others are uniform).
     """
 
     size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    tumour_fraction: float = 0.0
     overlap: float = 0.25
     blend: str = "gaussian"
     sigma_scale: float = 0.125
@@ -245,11 +249,13 @@ class VolumeTrainConfig:
 
 @dataclass
 class VolumeRunConfig:
-    """output: the run folder; device: "auto" (CUDA when present), "cpu" or "cuda"."""
+    """output: the run folder; device: "auto" (CUDA when present), "cpu" or "cuda". checkpoint_every: steps
+    between resumable states (the 3D segmenter; 0 = only at the end)."""
 
     output: str = "runs/volumetric"
     device: str = "auto"
     progress: bool = True
+    checkpoint_every: int = 0
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""The 3D tumour segmenter: region/label conversion, the coarse grid, a training run that learns and resumes,
+and `python -m infer.segment` end to end (both namings in, 2023 labels out, runner guarantees)."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+from infer.regions import labels_from_regions, regions_from_labels
+from infer.segment import coarse_inputs, coarse_shape, main as segment_main
+from models.checkpoint import load_model
+from train.config import load_config, VolumeConfig
+from train.segmenter3d import fit_segmenter3d
+
+from helpers import AFFINE, snapshot, synthetic_volumes
+
+SHAPE = (40, 36, 30)
+
+
+def test_labels_and_regions_round_trip():
+    seg = np.random.default_rng(0).integers(0, 4, (6, 5, 4)).astype(np.uint8)
+    regions = regions_from_labels(seg)
+    assert regions.shape == (3, 6, 5, 4)
+    np.testing.assert_array_equal(labels_from_regions(regions), seg)
+    only_et = np.zeros((3, 2), bool)
+    only_et[0, 0] = True  # ET claimed without TC or WT: still enhancing tumour
+    assert labels_from_regions(only_et).tolist() == [3, 0]
+
+
+def test_coarse_inputs_crop_downsample_and_normalise():
+    volumes = synthetic_volumes(SHAPE, modalities=("t1c", "t1n", "t2f", "t2w"))
+    x, box = coarse_inputs(volumes, ("t1c", "t1n", "t2f", "t2w"), 2.0)
+    brain = volumes["t1c"] > 0
+    assert all(s.start == np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != i)))[0]
+               for i, s in enumerate(box))
+    assert tuple(x.shape[1:]) == coarse_shape([s.stop - s.start for s in box], 2.0)
+    inside = x[0][x[0] != 0]
+    assert abs(float(inside.mean())) < 1e-4 and abs(float(inside.std()) - 1) < 1e-2
+
+
+def _labelled_case(folder, case, seed, naming="2023"):
+    """Four modalities with a bright ball labelled as tumour (2018 naming: `_` and enhancing = 4)."""
+    rng = np.random.default_rng(seed)
+    volumes = synthetic_volumes(SHAPE, seed, ("t1c", "t1n", "t2f", "t2w"))
+    grid = np.indices(SHAPE)
+    centre = np.array(SHAPE) // 2 + rng.integers(-4, 5, 3)
+    ball = (((grid - centre[:, None, None, None]) / 6.0) ** 2).sum(0) < 1
+    core = (((grid - centre[:, None, None, None]) / 3.0) ** 2).sum(0) < 1
+    seg = np.where(core, 3, np.where(ball, 2, 0)).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = {"t1c": "t1ce", "t1n": "t1", "t2f": "flair", "t2w": "t2"} if naming == "2018" else {}
+    sep = "_" if naming == "2018" else "-"
+    for m, v in volumes.items():
+        v = np.where(ball, v + 4000, v) if m in ("t2f", "t1c") else v
+        nib.save(nib.Nifti1Image(v.astype(np.int16), AFFINE), folder / f"{case}{sep}{tokens.get(m, m)}.nii.gz")
+    stored = np.where(seg == 3, 4, seg) if naming == "2018" else seg
+    nib.save(nib.Nifti1Image(stored.astype(np.uint8), AFFINE), folder / f"{case}{sep}seg.nii.gz")
+    return seg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    for i in range(3):
+        _labelled_case(root / "data" / f"c{i}", f"c{i}", i, naming="2018" if i % 2 else "2023")
+    cfg = load_config(None, [f"data.roots=[{root / 'data'}]", "data.require_seg=true",
+                             "model.segmenter3d={init_filters: 8}", "patch.size=[16,16,16]",
+                             "patch.tumour_fraction=0.7", "optim.lr=0.003", "train.steps=40",
+                             "train.batch_size=2", f"run.output={root / 'run'}", "run.device=cpu",
+                             "run.progress=false", "run.checkpoint_every=20"], VolumeConfig)
+    return root, cfg
+
+
+def test_training_learns_resumes_and_writes_a_checkpoint(trained):
+    root, cfg = trained
+    fit_segmenter3d(cfg, stop_after=20)
+    assert not (root / "run" / "segmenter3d").exists()
+    fit_segmenter3d(cfg, resume=True)
+    losses = [float(line.split(",")[1]) for line in (root / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    model = load_model(root / "run" / "segmenter3d", kind="segmenter3d")
+    assert model.meta.task == "segment" and model.config.spacing_mm == 2.0
+
+
+def test_segment_command_end_to_end(trained, tmp_path, capsys):
+    root, _ = trained
+    seg = _labelled_case(tmp_path / "in" / "old", "old", 7, naming="2018")
+    (tmp_path / "in" / "old" / "old_seg.nii.gz").unlink()
+    _labelled_case(tmp_path / "in" / "three", "three", 8)
+    (tmp_path / "in" / "three" / "three-t2w.nii.gz").unlink()
+    before = snapshot(tmp_path / "in")
+    code = segment_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--weights", str(root / "run" / "segmenter3d"), "--device", "cpu"])
+    assert code == 1 and "three: found 3 input modalities" in capsys.readouterr().err
+    assert snapshot(tmp_path / "in") == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["old-seg.nii.gz"]  # 2023 name and labels
+    out = nib.load(tmp_path / "out" / "old-seg.nii.gz")
+    assert out.shape == SHAPE and out.get_data_dtype() == np.uint8 and np.allclose(out.affine, AFFINE)
+    labels = np.asarray(out.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    found, true = labels > 0, seg > 0
+    assert 2 * (found & true).sum() / (found.sum() + true.sum()) > 0.5  # the ball is found
+
+
+def test_segment_refuses_a_generator_checkpoint(small_checkpoint, tmp_path, capsys):
+    _labelled_case(tmp_path / "in" / "a", "a", 0)
+    code = segment_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--weights", str(small_checkpoint)])
+    assert code == 2 and "does not serve task segment" in capsys.readouterr().err
