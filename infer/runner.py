@@ -15,12 +15,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
+import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -29,7 +30,7 @@ from infer.cases import (CaseError, CaseFiles, CaseVolumes, case_naming, check_c
 from infer.engine import Timings, VolumePredictor, timed
 from infer.qc import save_qc
 from infer.tasks import TaskSpec
-from infer.writer import DEFAULT_COMPRESSION_LEVEL, write_nifti
+from infer.writer import DEFAULT_COMPRESSION_LEVEL, partial_path, remove_partials, write_nifti
 
 QC_FOLDER = "qc"
 
@@ -88,17 +89,36 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
                          "inputs are never written to")
 
 
+def prepare_output(output_dir: Path) -> list[Path]:
+    """Create `output_dir`, check that files can be created in it (ValueError otherwise, before any case is
+    computed) and remove the temporary files that an interrupted run left there; return those removed."""
+    probe = partial_path(output_dir / "write-check")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output folder {output_dir} is not writable ({err.strerror or err})") from None
+    return remove_partials(output_dir) + remove_partials(output_dir / QC_FOLDER)
+
+
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped (a newline as \\n), so that a message
+    about any case or file name stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def describe_failure(case: str, err: Exception) -> str:
     """One line for a failed case: a CaseError as is, a ValueError by its message, anything else with its type."""
     if isinstance(err, CaseError):
-        return str(err)
+        return printable(str(err))
     first_line = (str(err).splitlines() or [""])[0]
     kind = "" if isinstance(err, ValueError) else f"unexpected {type(err).__name__}: "
-    return f"{case}: {kind}{first_line}"
+    return printable(f"{case}: {kind}{first_line}")
 
 
 def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    tqdm.write(printable(message), file=sys.stderr)
 
 
 @dataclass
@@ -111,16 +131,44 @@ class CaseJob:
     data: CaseVolumes | None = None
     synthesis: dict[str, np.ndarray] = field(default_factory=dict)
     timings: Timings = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def output_problem(path: Path, shape: tuple[int, ...] | None) -> str | None:
+    """None when `path` is a finished output: a NIfTI of `shape` whose data decode; else what is wrong with it."""
+    try:
+        image = nib.load(path)
+        np.asarray(image.dataobj)
+    except Exception as err:  # nibabel, gzip and zlib raise many types for garbage or truncated files
+        return f"unreadable ({type(err).__name__})"
+    return None if image.shape == shape else f"shape {image.shape}, expected that of the inputs, {shape}"
+
+
+def input_shape(case: CaseFiles, task: TaskSpec) -> tuple[int, ...] | None:
+    """The shape of `case`'s first input in the task's modality order (that of its outputs), None if unreadable."""
+    first = next(case.files[m] for m in task.modalities if m in case.files)
+    try:
+        return nib.load(first).shape
+    except Exception:  # reported when the case is read
+        return None
 
 
 def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool = False) -> CaseJob | None:
     """The job of `case` (CaseError when its files do not fit the task); None when every output it would
-    write exists already (and not `overwrite`)."""
+    write exists already as a valid NIfTI of the inputs' shape (and not `overwrite`). An existing output that
+    is not valid is computed again, with a note in the job."""
     targets = check_case(case, task)
     naming = case_naming(case, task)
     outputs = {t: output_dir / naming.file_name(case.name, t) for t in targets}
-    pending = {t: p for t, p in outputs.items() if overwrite or not p.exists()}
-    return CaseJob(case, pending) if pending else None
+    if overwrite:
+        return CaseJob(case, outputs)
+    existing = [p for p in outputs.values() if p.exists()]
+    shape = input_shape(case, task) if existing else None
+    problems = {p: output_problem(p, shape) for p in existing}
+    pending = {t: p for t, p in outputs.items() if p not in problems or problems[p] is not None}
+    notes = [f"{case.name}: {p.name}: existing output is not valid ({problem}); computing it again"
+             for p, problem in problems.items() if problem is not None]
+    return CaseJob(case, pending, notes=notes) if pending else None
 
 
 def read_inputs(job: CaseJob, task: TaskSpec) -> CaseJob:
@@ -136,9 +184,18 @@ def synthesise(job: CaseJob, predictor: VolumePredictor, keep_inputs: bool = Fal
     """Predict every output of `job` from its inputs into `job.synthesis`, then let the input volumes go unless
     `keep_inputs` (for the QC picture), so that a case waiting to be written holds little memory."""
     job.synthesis = {t: predictor.predict(job.data.volumes, t, job.timings) for t in job.outputs}
+    for target, volume in job.synthesis.items():
+        check_synthesis(job.case.name, job.outputs[target], volume)
     if not keep_inputs:
         job.data = replace(job.data, volumes={})
     return job
+
+
+def check_synthesis(case: str, path: Path, volume: np.ndarray) -> None:
+    """CaseError when the synthesis for `path` has NaN or infinite voxels (it is then not written)."""
+    bad = volume.size - np.count_nonzero(np.isfinite(volume))
+    if bad:
+        raise CaseError(case, f"the synthesis has {bad} NaN or infinite voxels; not written", path)
 
 
 def write_outputs(job: CaseJob, task: TaskSpec, output_dir: Path, qc: bool = False,
@@ -248,11 +305,18 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
         expected = " or ".join(n.file_name("<case>", "<modality>") for n in task.namings)
         raise ValueError(f"no cases in {input_dir} (expected {expected} files, flat or in a folder per case)")
     cases = select_shard(found, *shard)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    removed = prepare_output(output_dir)
+    if removed:
+        _say(f"note: removed {len(removed)} unfinished file(s) that an interrupted run left in {output_dir}: "
+             f"{', '.join(p.name for p in removed)}")
+    notes: dict[str, list[str]] = {}
 
     def load(case: CaseFiles) -> CaseJob | None:
         job = plan_case(case, task, output_dir, overwrite)
-        return None if job is None else read_inputs(job, task)
+        if job is None:
+            return None
+        notes[case.name] = job.notes
+        return read_inputs(job, task)
 
     def compute(job: CaseJob | None) -> CaseJob | None:
         return None if job is None else synthesise(job, predictor, keep_inputs=qc)
@@ -262,16 +326,23 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
 
     summary = RunSummary(cases=len(cases))
     start = time.perf_counter()
-    outcomes = overlapped(cases, load, compute, store, prefetch, pending_writes)
-    for case, outcome in tqdm(outcomes, total=len(cases), desc=task.name, unit="case", disable=not progress):
-        if isinstance(outcome, Exception):  # one failing case must not stop the others, nor print a traceback
-            summary.failed.append(describe_failure(case.name, outcome))
-            _say(f"error: {summary.failed[-1]}")
-        elif outcome is None:
-            summary.skipped += 1
-            _say(f"note: {case.name}: output exists, skipped (pass --overwrite to replace it)")
-        else:
-            summary.written += 1
-            summary.timings.append(outcome.timings)
+    with closing(overlapped(cases, load, compute, store, prefetch, pending_writes)) as outcomes:
+        for case, outcome in tqdm(outcomes, total=len(cases), desc=task.name, unit="case", disable=not progress):
+            for note in notes.pop(case.name, []):
+                _say(f"note: {note}")
+            _count(summary, case, outcome)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _count(summary: RunSummary, case: CaseFiles, outcome: CaseJob | Exception | None) -> None:
+    """Add the outcome of `case` to `summary`, with a line for a failed or skipped case."""
+    if isinstance(outcome, Exception):  # one failing case must not stop the others, nor print a traceback
+        summary.failed.append(describe_failure(case.name, outcome))
+        _say(f"error: {summary.failed[-1]}")
+    elif outcome is None:
+        summary.skipped += 1
+        _say(f"note: {case.name}: output exists, skipped (pass --overwrite to replace it)")
+    else:
+        summary.written += 1
+        summary.timings.append(outcome.timings)

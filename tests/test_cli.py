@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +17,7 @@ from infer.tasks import BRASYN
 from helpers import AFFINE, SMALL_SHAPE, run_cli, save_tiny_checkpoint, snapshot, write_case
 
 CASE = "BraTS-GLI-00000-000"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +73,78 @@ def test_shards_split_the_sorted_cases(small_checkpoint, tmp_path):
     assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["b-t2f.nii.gz", "d-t2f.nii.gz"]
 
 
-def test_existing_output_is_kept_unless_overwrite(small_checkpoint, tmp_path, capsys):
+def test_existing_output_is_skipped_only_when_valid(small_checkpoint, tmp_path, capsys):
     write_case(tmp_path / "in", "a")
     output = tmp_path / "out" / "a-t2f.nii.gz"
-    output.parent.mkdir()
-    output.write_bytes(b"previous")
     assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
-    assert output.read_bytes() == b"previous"
+    finished = output.read_bytes()
+    capsys.readouterr()
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+    assert output.read_bytes() == finished
     err = capsys.readouterr().err
     assert "note: a: output exists, skipped (pass --overwrite to replace it)" in err
     assert "1 case(s): 0 written, 1 skipped (output exists), 0 failed" in err
+    nib.save(nib.Nifti1Image(np.ones((14, 12, 8), np.float32), AFFINE), tmp_path / "other-shape.nii.gz")
+    other_shape = (tmp_path / "other-shape.nii.gz").read_bytes()
+    for bad, problem in [(b"", "unreadable (ImageFileError)"), (b"previous", "unreadable (ImageFileError)"),
+                         (finished[:len(finished) // 2], "unreadable (EOFError)"),
+                         (other_shape, "shape (14, 12, 8), expected that of the inputs, (14, 12, 9)")]:
+        output.write_bytes(bad)
+        assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+        err = capsys.readouterr().err
+        assert f"note: a: a-t2f.nii.gz: existing output is not valid ({problem}); computing it again\n" in err
+        assert "1 case(s): 1 written, 0 skipped" in err
+        assert output.read_bytes() == finished
     assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint, "--overwrite") == 0
-    assert nib.load(output).shape == SMALL_SHAPE
+    assert "1 written" in capsys.readouterr().err
     assert sorted(p.name for p in output.parent.iterdir()) == ["a-t2f.nii.gz"]  # no temporary file left
+
+
+def test_unwritable_output_folder_is_a_setup_error_before_any_case(small_checkpoint, tmp_path):
+    write_case(tmp_path / "in", "a")
+    output = tmp_path / "out"
+    output.mkdir()
+    output.chmod(0o555)
+    command = [sys.executable, "-m", "infer", "--input", str(tmp_path / "in"), "--output", str(output),
+               "--weights", str(small_checkpoint), "--device", "cpu"]
+    if os.geteuid() == 0:  # root writes anywhere: run as nobody, able to read everything but not to write
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
+                   "--ambient-caps=+dac_read_search", *command]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [f"error: output folder {output} is not writable (Permission denied)"]
+    assert list(output.iterdir()) == []
+
+
+def test_files_an_interrupted_run_left_are_removed_with_a_note(small_checkpoint, tmp_path, capsys):
+    write_case(tmp_path / "in", "a")
+    left = [tmp_path / "out" / ".a-t2f.nii.gz.partial-0123abcd", tmp_path / "out" / f".tmp-{'e' * 32}-a-t2f.nii.gz",
+            tmp_path / "out" / "qc" / ".a.png.partial-4567cdef"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x1f\x8b half an output")
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "unfinished" in line]
+    assert notes == [f"note: removed 3 unfinished file(s) that an interrupted run left in {tmp_path / 'out'}: "
+                     f"{left[0].name}, {left[1].name}, {left[2].name}"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a-t2f.nii.gz", "qc"]
+
+
+def test_a_case_name_of_225_characters(small_checkpoint, tmp_path):
+    case = "c" * 225
+    write_case(tmp_path / "in", case)
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{case}-t2f.nii.gz"]
+
+
+def test_control_characters_in_names_stay_escaped_on_one_line(small_checkpoint, tmp_path, capsys):
+    case = "bad\nnote: x: output exists, skipped\x1b[2J"
+    write_case(tmp_path / "in", case, ("t1c", "t1n"))
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint) == 1
+    err = capsys.readouterr().err.splitlines()
+    escaped = "bad\\nnote: x: output exists, skipped\\x1b[2J"
+    assert [line.split(": ", 1)[0] for line in err if escaped in line] == ["error", "failed"]
+    assert not [line for line in err if line.startswith("note: x") or "\x1b" in line]
 
 
 def test_qc_picture(small_checkpoint, tmp_path):

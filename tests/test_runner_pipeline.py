@@ -183,3 +183,19 @@ def test_compression_level_is_honoured(tmp_path):
     with pytest.raises(ValueError, match="0 to 9"):
         write_nifti(tmp_path / "bad.nii.gz", volume, reference, compression_level=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["level0.nii.gz", "level9.nii.gz"]
+
+
+class NonFinitePredictor:
+    """Synthesises a copy of the first input with one NaN and one infinite voxel."""
+
+    def predict(self, volumes, target, timings=None):
+        out = next(iter(volumes.values())).copy()
+        out[0, 0, 0], out[1, 0, 0] = np.nan, np.inf
+        return out
+
+
+def test_a_non_finite_synthesis_is_refused(tmp_path):
+    write_case(tmp_path / "in", "a")
+    summary = run(BRASYN, tmp_path / "in", tmp_path / "out", NonFinitePredictor(), progress=False)
+    assert summary.failed == ["a: a-t2f.nii.gz: the synthesis has 2 NaN or infinite voxels; not written"]
+    assert list((tmp_path / "out").iterdir()) == []
