@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.blocks import Decoder, Encoder
-from models.infuser import ModalityInfuser
+from models.infuser import ACTIVATIONS, ModalityInfuser
 
 
 FUSION_GATES = ("channel", "first_channel")
@@ -49,6 +49,8 @@ class GeneratorConfig:
         object.__setattr__(self, "dim_mults", tuple(self.dim_mults))
         if self.fusion_gate not in FUSION_GATES:
             raise ValueError(f"fusion_gate must be one of {FUSION_GATES}, got {self.fusion_gate!r}")
+        if self.mlp_activation not in ACTIVATIONS:
+            raise ValueError(f"mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {self.mlp_activation!r}")
         if self.num_modalities < 2:
             raise ValueError("the generator needs at least two modalities")
         width = self.dim * self.dim_mults[-1]

@@ -75,6 +75,59 @@ def test_load_errors(tmp_path):
         load_model(tmp_path)
 
 
+DROP = object()
+
+
+def _set(config, dotted, value):
+    """config with the entry at `dotted` ('arch.dim') replaced by `value`, or removed when `value` is DROP."""
+    *parents, key = dotted.split(".")
+    for parent in parents:
+        config = config[parent]
+    if value is DROP:
+        del config[key]
+    else:
+        config[key] = value
+
+
+@pytest.mark.parametrize("entry, value, message", [
+    ("arch.mlp_activation", "swish", "invalid generator config: mlp_activation must be one of silu, gelu, got 'swish'"),
+    ("arch", DROP, "arch is missing"),
+    ("arch.dim", "8", "generator config: dim must be int, got '8'"),
+    ("arch.dropout", None, "generator config: dropout must be float, got None"),
+    ("arch.dim_mults", [1, "2"], "generator config: dim_mults must be tuple[int, ...], got [1, '2']"),
+    ("kind", "transformer", "unknown network kind 'transformer'"),
+    ("modalities", "t1c", "modalities must be a JSON array, got 't1c'"),
+    ("views", [0], "modalities and views must be arrays of names"),
+    ("normalization.t1c.std", 0, "normalization of t1c: std must be above 0, got 0"),
+    ("normalization.t1c.std", -2.0, "normalization of t1c: std must be above 0, got -2.0"),
+    ("normalization.t1c.mean", "1000", "normalization of t1c: mean must be float, got '1000'"),
+    ("normalization.t2f", {"kind": "window", "low": 5, "high": 5}, "normalization of t2f: low (5) must be below"),
+    ("normalization.t2w", {"clip_max": 1}, "normalization of t2w: ZScoreNorm.__init__() missing 2 required"),
+])
+def test_malformed_config_is_one_clear_error(tmp_path, entry, value, message):
+    save_checkpoint(HFGANGenerator(GeneratorConfig(dim=8)), tmp_path, meta())
+    config = json.loads((tmp_path / "config.json").read_text())
+    _set(config, entry, value)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as raised:
+        load_model(tmp_path)
+    assert str(raised.value).startswith(f"{tmp_path / 'config.json'}: {message}") and "\n" not in str(raised.value)
+
+
+def test_malformed_config_exits_2_on_the_command_line(tmp_path, capsys):
+    from helpers import run_cli, write_case
+
+    save_checkpoint(HFGANGenerator(GeneratorConfig(dim=8)), tmp_path / "ckpt", meta())
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["normalization"]["t1c"]["std"] = 0
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    write_case(tmp_path / "in", "a")
+    assert run_cli(tmp_path / "in", tmp_path / "out", tmp_path / "ckpt") == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'ckpt' / 'config.json'}: normalization of t1c: std must "
+                                       "be above 0, got 0\n")
+    assert not (tmp_path / "out").exists()
+
+
 def _fixture_io(shared_fixtures):
     io = load_file(str(shared_fixtures / "brasyn25_tiny_grouped_io.safetensors"))
     available = torch.ones(3, 4, dtype=torch.bool)
