@@ -37,16 +37,19 @@ COPY infer /app/infer
 COPY docker/run_task.sh /app/docker/run_task.sh
 COPY docker/${TASK}/entrypoint.sh /app/entrypoint.sh
 COPY --from=build /opt/weights/${TASK} /app/weights/${TASK}
-# Any uid:gid may run the image with a read-only root filesystem: code is world-readable, caches live in /tmp.
+# Any uid:gid may run the image with a read-only root filesystem (`--read-only` alone, no --tmpfs): code is
+# world-readable; caches and temporary files go to /dev/shm, the in-memory folder that Docker mounts writable in
+# every container (never to /output, which must hold the outputs only).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp \
-    TORCH_HOME=/tmp/torch \
-    TRITON_CACHE_DIR=/tmp/triton \
-    MPLCONFIGDIR=/tmp/matplotlib \
-    XDG_CACHE_HOME=/tmp/cache \
+    HOME=/dev/shm/brainsyn \
+    TMPDIR=/dev/shm \
+    TORCH_HOME=/dev/shm/brainsyn/torch \
+    TRITON_CACHE_DIR=/dev/shm/brainsyn/triton \
+    MPLCONFIGDIR=/dev/shm/brainsyn/matplotlib \
+    XDG_CACHE_HOME=/dev/shm/brainsyn/cache \
     BRAINSYN_INPUT=/input \
     BRAINSYN_OUTPUT=/output
 RUN mkdir -p /input /output && chmod -R a+rX /app && chmod a+rwx /output

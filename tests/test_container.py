@@ -218,14 +218,50 @@ def test_entrypoint_runs_like_the_image(task, brats_data):
         shutil.rmtree(root)
 
 
-def test_legacy_brats_command_line(tmp_path):
-    """`IMAGE infer --data_path=... --output_path=... --parameters_file=...` reaches the engine's options."""
+@pytest.mark.parametrize("parameters", [["--parameters_file=/mlcube_io3/p.yml"], ["--parameters_file", "/p.yml"]])
+def test_legacy_brats_command_line(tmp_path, parameters):
+    """`IMAGE infer --data_path=... --output_path ... --parameters_file[= ]...` reaches the engine's options."""
     script = REPO / "docker" / "run_task.sh"
     fake_python = tmp_path / "python"
     fake_python.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake_python.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
-    result = subprocess.run([str(script), "brasyn", "infer", "--data_path=/mlcube_io0", "--output_path=/mlcube_io2",
-                             "--parameters_file=/mlcube_io3/p.yml"], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run([str(script), "brasyn", "infer", "--data_path=/mlcube_io0", *parameters, "--output_path",
+                             "/mlcube_io2"], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["-m", "infer", "--task", "brasyn", "--input", "/input", "--output", "/output",
-                                     "--data_path=/mlcube_io0", "--output_path=/mlcube_io2"]
+                                     "--data_path=/mlcube_io0", "--output_path", "/mlcube_io2"]
+
+
+CACHE_VARIABLES = ("HOME", "TMPDIR", "TORCH_HOME", "TRITON_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME")
+READ_ONLY_TMP = "mount -t tmpfs -o ro tmpfs /tmp && mount -t tmpfs -o ro tmpfs /var/tmp && cd /tmp && exec \"$@\""
+"""`docker run --read-only` without --tmpfs: /tmp, /var/tmp and the working directory cannot be written."""
+
+
+def test_image_caches_live_where_read_only_alone_allows():
+    """Under `--read-only` only the mounts and /dev/shm (which Docker mounts in every container) are writable;
+    /output must hold the outputs only."""
+    env = image_env(dockerfile_stages()[-1])
+    for key in CACHE_VARIABLES:
+        assert env[key] == "/dev/shm" or env[key].startswith("/dev/shm/"), f"{key}={env[key]}"
+
+
+@pytest.mark.parametrize("matplotlib_dir", ["image", "unwritable"])
+def test_the_package_starts_without_a_writable_tmp(matplotlib_dir):
+    namespace = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    if subprocess.run([*namespace, "true"], capture_output=True).returncode:
+        pytest.skip("no mount namespaces here")
+    env = {**image_env(dockerfile_stages()[-1]), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    if matplotlib_dir == "unwritable":
+        env["MPLCONFIGDIR"] = "/tmp/matplotlib"
+    command = [sys.executable, "-c", "import infer.cli, matplotlib; print(matplotlib.get_cachedir())"]
+    result = subprocess.run([*namespace, "sh", "-c", READ_ONLY_TMP, "sh", *command], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Matplotlib created a temporary cache directory" not in result.stderr
+    assert result.stdout.startswith("/dev/shm/")
+
+
+def test_read_only_run_is_documented_as_the_image_needs_it():
+    for readme in (REPO / "README.md", REPO / "docker" / "README.md"):
+        text = readme.read_text()
+        assert "--read-only" in text and "/dev/shm" in text and "--tmpfs /tmp" not in text, readme
