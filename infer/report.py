@@ -1,4 +1,5 @@
-"""Evaluation report: Markdown or HTML (chosen by the file extension) with PNG figures written next to it.
+"""Evaluation report: Markdown or HTML (chosen by the file extension) with its PNG figures in a folder beside it,
+`<stem>_files/` (so that a report written into the current directory adds one folder there, not a dozen files).
 
 Contents: the summary statistics, a box plot per metric (one box per source and modality), a picture of the
 best and the worst scored case (middle axial slice: reference, synthesised, absolute difference, on the
@@ -127,11 +128,11 @@ def _blocks(result: EvaluationResult, summary: Sequence[Mapping], figures: Seque
     if figures:
         b.append(("h2", "Distributions"))
         for metric, p in figures:
-            b.append(("img", (metric, p.name)))
+            b.append(("img", (metric, f"{p.parent.name}/{p.name}")))
     b.append(("h2", "Best and worst case"))
     if picture is not None:
         b.append(("p", picture_note))
-        b.append(("img", ("best and worst case", picture.name)))
+        b.append(("img", ("best and worst case", f"{picture.parent.name}/{picture.name}")))
     else:
         b.append(("p", picture_note or "No scored case to show."))
     if result.errors or result.warnings or result.missing:
@@ -205,7 +206,7 @@ def write_report(
     load_slices: Callable[[Mapping], tuple[np.ndarray, np.ndarray]] | None = None,
     rank_metric: str = RANK_METRIC,
 ) -> Path:
-    """Write the report (``.md`` or ``.html``) and its PNGs (``<stem>_<metric>.png``, ``<stem>_best_worst.png``).
+    """Write the report (``.md`` or ``.html``) and its PNGs (``<stem>_files/<metric>.png``, ``best_worst.png``).
 
     load_slices(row) -> (reference slice, synthesised slice) in [0, 1]; default `EvaluationResult.middle_slices`.
     """
@@ -213,11 +214,12 @@ def write_report(
     fmt = path.suffix.lower()
     if fmt not in (".md", ".html", ".htm"):
         raise ValueError(f"report must be .md or .html: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    figure_dir = path.parent / f"{path.stem}_files"
+    figure_dir.mkdir(parents=True, exist_ok=True)
     summary = result.summary() if summary is None else summary
     figures = []
     for metric in METRIC_COLUMNS:
-        p = box_plot(result.rows, metric, path.parent / f"{path.stem}_{metric}.png")
+        p = box_plot(result.rows, metric, figure_dir / f"{metric}.png")
         if p is not None:
             figures.append((metric, p))
     picks = best_worst_rows(result.rows, rank_metric)
@@ -225,7 +227,7 @@ def write_report(
     if picks:
         try:
             picture = best_worst_picture(picks, load_slices or result.middle_slices,
-                                         path.parent / f"{path.stem}_best_worst.png", rank_metric)
+                                         figure_dir / "best_worst.png", rank_metric)
             note = "; ".join(f"{label}: {r['case']} {r['source']} {r['modality']} ({rank_metric} "
                              f"{_fmt(float(r[rank_metric]))})" for label, r in picks) + ". Middle axial slice."
         except Exception as exc:  # noqa: BLE001 - a picture must not lose the rest of the report

@@ -146,11 +146,11 @@ def test_command_on_synthetic_folders(synthetic, tmp_path, capsys):
     assert key[("BraTS-MEN-00003-000", "segmentation", "all")]["status"] == "missing"
 
     text = report.read_text()
-    assert "# Synthesis evaluation" in text and "![best and worst case](report_best_worst.png)" in text
+    assert "# Synthesis evaluation" in text and "![best and worst case](report_files/best_worst.png)" in text
     for metric in ("ssim_brain", "ssim_healthy", "psnr", "mae", "dice_WT"):
-        assert (report.parent / f"report_{metric}.png").stat().st_size > 1000
-        assert f"](report_{metric}.png)" in text
-    assert (report.parent / "report_best_worst.png").stat().st_size > 1000
+        assert (report.parent / "report_files" / f"{metric}.png").stat().st_size > 1000
+        assert f"](report_files/{metric}.png)" in text
+    assert (report.parent / "report_files" / "best_worst.png").stat().st_size > 1000
     assert str(bad) in text
 
 
@@ -184,8 +184,35 @@ def test_in_memory_predictions_and_html_report(synthetic, tmp_path):
     assert set(IMAGE_METRICS) <= set(row)
     path = write_report(result, tmp_path / "r.html")
     html = path.read_text()
-    assert html.startswith("<!DOCTYPE html>") and "<img alt='best and worst case' src='r_best_worst.png'>" in html
-    assert (tmp_path / "r_best_worst.png").exists()
+    assert html.startswith("<!DOCTYPE html>") and "<img alt='best and worst case' src='r_files/best_worst.png'>" in html
+    assert (tmp_path / "r_files" / "best_worst.png").exists()
+
+
+def test_report_figures_go_into_a_folder_beside_the_report(synthetic, tmp_path, monkeypatch):
+    ref, out, _, _ = synthetic
+    (out / "qc").mkdir()  # QC pictures of `python -m infer --qc` are not predictions
+    (out / "qc" / "BraTS-GLI-00001-000.png").write_bytes(b"png")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    warnings = []
+    result = ev.evaluate(ref, out, progress=False, log=warnings.append)
+    assert not any("qc" in w for w in warnings)
+    from infer.report import write_report
+
+    write_report(result, "report.html")
+    assert sorted(p.name for p in workdir.iterdir()) == ["report.html", "report_files"]
+    html = (workdir / "report.html").read_text()
+    figures = sorted(p.name for p in (workdir / "report_files").iterdir())
+    assert "best_worst.png" in figures and len(figures) > 5
+    assert all(f"src='report_files/{name}'" in html for name in figures)
+
+
+@pytest.mark.parametrize("task", ["mr2ct", "us2mr"])
+def test_baselines_of_a_task_without_any_is_a_one_line_error(synthetic, capsys, task):
+    ref, _, _, _ = synthetic
+    assert ev.main(["--task", task, "--reference", str(ref), "--baselines", "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: the baselines are BraTS ones; task {task} has none\n"
 
 
 def test_cli_errors(synthetic, monkeypatch, capsys, tmp_path):
@@ -248,8 +275,8 @@ def _run_real(brats_data: Path, tmp: Path, modalities: list[str]):
             assert -1 < float(r["ssim_brain"]) < 0.7 and float(r["ssim_brain"]) < float(r["ssim_healthy"])
             assert 0 < float(r["mae"]) < 0.6 and 0 < float(r["psnr"]) < 30
     html = report.read_text()
-    assert "best and worst case" in html and (report.parent / "report_best_worst.png").stat().st_size > 10000
-    assert (report.parent / "report_ssim_brain.png").exists()
+    assert "best and worst case" in html and (report.parent / "report_files" / "best_worst.png").stat().st_size > 10000
+    assert (report.parent / "report_files" / "ssim_brain.png").exists()
     return seconds
 
 

@@ -42,3 +42,13 @@ def test_main_job_command(tmp_path):
         assert data[np.asarray(ref.dataobj) == 0].max() == 0  # inputs agree on the background here
         assert data[np.asarray(ref.dataobj) > 0].mean() > 0
         assert (tmp_path / "sample-out" / "qc" / f"{case}.png").stat().st_size > 0
+
+
+def test_quick_start_folders_are_ignored_by_git():
+    folders = re.findall(r"--output (\S+)", readme_block("ci:main-job"))
+    assert folders == ["sample-in", "sample-out"]
+    if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True).returncode:
+        return  # not a git checkout (an unpacked release): nothing to ignore
+    paths = [f"{folder}/case/file.nii.gz" for folder in folders]
+    result = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == paths
