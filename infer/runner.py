@@ -96,7 +96,7 @@ def prepare_output(output_dir: Path) -> list[Path]:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe.touch(exist_ok=False)
-        probe.unlink()
+        probe.unlink(missing_ok=True)  # a concurrent run's clean-up may have taken it
     except OSError as err:
         raise ValueError(f"output folder {output_dir} is not writable ({err.strerror or err})") from None
     return remove_partials(output_dir) + remove_partials(output_dir / QC_FOLDER)
