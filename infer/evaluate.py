@@ -30,8 +30,6 @@ import argparse
 import csv
 import math
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ import numpy as np
 
 from infer.baselines import BASELINES
 from infer.cases import parse_file_name
+from infer.downstream import NSD2_COLUMNS, REAL, Segmenter, completions, downstream_source, score_labels
 from infer.intensity import foreground
 from infer.metrics import (CHALLENGE_BORDER_CROP, FIELD_METRICS, IMAGE_METRICS, field_metrics, image_metrics,
                            percentile_normalize)
@@ -55,7 +54,7 @@ SEGMENTATION = "segmentation"
 TUMOUR_TYPES: tuple[str, ...] = ("GLI", "MET", "MEN")
 ROW_KEYS: tuple[str, ...] = ("case", "tumour_type", "source", "modality", "status", "detail")
 SEG_COLUMNS: tuple[str, ...] = seg_metric_names()
-METRIC_COLUMNS: tuple[str, ...] = (*IMAGE_METRICS, *FIELD_METRICS, *SEG_COLUMNS)
+METRIC_COLUMNS: tuple[str, ...] = (*IMAGE_METRICS, *FIELD_METRICS, *SEG_COLUMNS, *NSD2_COLUMNS)
 CSV_COLUMNS: tuple[str, ...] = (*ROW_KEYS, *METRIC_COLUMNS)
 SUMMARY_COLUMNS: tuple[str, ...] = ("group", "source", "modality", "metric", "n", "mean", "std", "median")
 
@@ -223,6 +222,7 @@ def evaluate(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     task: TaskSpec = BRASYN,
+    segmenter: Segmenter | None = None,
 ) -> EvaluationResult:
     """Score predictions (a flat folder, or in-memory ``{case: {modality: volume}}``) and/or baselines.
 
@@ -231,6 +231,7 @@ def evaluate(
     completed cases, scored per region against the reference ``-seg``. cases: restrict to these case names.
     log: where one-line errors and warnings go as they happen (default: stderr, above the progress bar).
     task: the task whose outputs are scored, as its `metrics` says; modalities default to its targets.
+    segmenter: when given, the downstream protocol (`infer.downstream`) for every predicted modality.
     Returns an `EvaluationResult`; it never raises for a bad case file (see its ``errors``).
     """
     from tqdm import tqdm
@@ -303,6 +304,8 @@ def evaluate(
                                            error, task)
         for b in baselines:
             _score_baseline(result, case, b, predicted, ref_seg, border_crop, error)
+        if segmenter is not None and predictions is not None and predicted:
+            _score_downstream(result, case, predictions, pred_dir, predicted, seg_entry, segmenter, error)
         if seg_dir is not None:
             _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, error)
     return result
@@ -421,6 +424,37 @@ def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities
             result.rows.append(_empty_row(case.name, source, mod, "error", _one_line(e)))
             continue
         _image_row(result, case, source, mod, pred, ref, ref_seg, border_crop, f"baseline {name} {mod}", error)
+
+
+def _score_downstream(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
+                      modalities: Sequence[str], seg_entry: tuple[np.ndarray, tuple[float, ...]] | None,
+                      segmenter: Segmenter, error: Callable[[str], None]) -> None:
+    """Segment the real case once and each completion of each predicted modality; score every one."""
+    if seg_entry is None:
+        error(f"{case.name}: the downstream segmentation needs the reference labels ({case.path(SEG_FILE).name})")
+        return
+    ref_seg, spacing = seg_entry
+    real = {}
+    for m in BRATS_MODALITIES:
+        entry = case.get(m)
+        if entry is None:
+            return
+        real[m] = entry[0]
+    try:
+        real_scores = score_labels(segmenter(real), ref_seg, spacing)
+        for mod in modalities:
+            if pred_dir is not None:
+                pred = load_volume(prediction_file(pred_dir, case.name, mod, case.reference.naming))[0]
+            else:
+                pred = np.asarray(predictions[case.name][mod])  # type: ignore[index]
+            others = {m: v for m, v in real.items() if m != mod}
+            stand_ins = {PREDICTION: pred, **{baseline_source(b): BASELINES[b](others, mod) for b in BASELINES}}
+            result.rows.append({**_empty_row(case.name, downstream_source(REAL), mod), **real_scores})
+            for name, volumes in completions(real, mod, stand_ins).items():
+                scores = score_labels(segmenter(volumes), ref_seg, spacing)
+                result.rows.append({**_empty_row(case.name, downstream_source(name), mod), **scores})
+    except Exception as e:  # noqa: BLE001 - one case's failure is reported, the others go on
+        error(f"{case.name}: downstream segmentation failed: {_one_line(e)}")
 
 
 def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
@@ -554,16 +588,6 @@ def write_csv(rows: Sequence[Mapping], path: str | Path, columns: Sequence[str] 
 # Command line
 
 
-def docker_available() -> bool:
-    """Whether a Docker daemon answers (``docker info``)."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m infer.evaluate",
@@ -573,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, required=True, help="BraTS-layout folder REF/<case>/<case>-<mod>.nii.gz")
     p.add_argument("--segmentations", type=Path, help="segmentations of the completed cases: <case>[-seg].nii.gz")
     p.add_argument("--segment", action="store_true",
-                   help="run the BraTS segmentation container on the completed cases (needs Docker; not available)")
+                   help="the BraSyn downstream protocol: segment each case completed with the prediction, the real "
+                        "case and each baseline's completion, and score the regions against the reference labels")
+    p.add_argument("--segmenter", type=Path,
+                   help="segmenter checkpoint for --segment (default: the bundled weights/segment)")
     p.add_argument("--baselines", action="store_true",
                    help="also score the mean and copy baselines for every reference modality")
     p.add_argument("--task", choices=sorted(t for t, spec in TASKS.items() if spec.product is None), default="brasyn",
@@ -594,14 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    segmenter = None
     if args.segment:
-        if not docker_available():
-            print("error: --segment needs Docker to run the BraTS segmentation container, and Docker is "
-                  "unavailable here; segment the completed cases elsewhere and pass --segmentations", file=sys.stderr)
-        else:
-            print("error: --segment is not implemented; segment the completed cases with the brats package and "
-                  "pass --segmentations", file=sys.stderr)
-        return 2
+        if args.pred is None:
+            print("error: --segment needs --pred (the syntheses that complete the cases)", file=sys.stderr)
+            return 2
+        from infer.cli import SetupError
+        from infer.segment import load_segmenter
+
+        try:
+            segmenter = load_segmenter(args.segmenter)
+        except (SetupError, ValueError, OSError) as e:  # models.checkpoint.CheckpointError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.pred is None and not args.baselines:
         print("error: nothing to evaluate: give --pred and/or --baselines", file=sys.stderr)
         return 2
@@ -614,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.reference, args.pred, segmentation_dir=args.segmentations,
             baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
             nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
-            progress=not args.no_progress, task=TASKS[args.task])
+            progress=not args.no_progress, task=TASKS[args.task], segmenter=segmenter)
     except ValueError as e:  # options that do not fit the task (baselines or modalities it has none of)
         print(f"error: {e}", file=sys.stderr)
         return 2

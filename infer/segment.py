@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from infer.engine import Timings, timed
 from infer.regions import labels_from_regions
 from infer.volumetric import WindowSettings, signal_box
+from models.checkpoint import load_model
 
 INPUT_SPACING_MM = 1.0
 """The grid BraTS distributes every case on (1 mm isotropic): what `spacing_mm` is relative to."""
@@ -91,6 +93,18 @@ class SegmentationPredictor:
             labels[box] = labels_from_regions((up > 0).numpy())
             labels[~np.logical_or.reduce([np.asarray(volumes[m]) > 0 for m in self.modalities])] = 0
         return labels
+
+
+def load_segmenter(weights: Path | None = None, device: str = "auto") -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """A segmenter function (four raw modalities -> 2023 labels) from a "segmenter3d" checkpoint, by default
+    the bundled one (`weights/segment`)."""
+    from infer import cli
+    from infer.tasks import SEGMENT
+
+    path = weights if weights is not None else cli.default_weights(SEGMENT)
+    target = torch.device(cli.pick_device(device))
+    predictor = SegmentationPredictor(load_model(path, device=target, kind="segmenter3d"), device=target)
+    return lambda volumes: predictor.predict(volumes, SEGMENT.product)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

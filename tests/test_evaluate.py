@@ -217,9 +217,10 @@ def test_baselines_of_a_task_without_any_is_a_one_line_error(synthetic, capsys, 
 
 def test_cli_errors(synthetic, monkeypatch, capsys, tmp_path):
     ref, out, _, _ = synthetic
-    monkeypatch.setattr(ev, "docker_available", lambda: False)
-    assert ev.main(["--pred", str(out), "--reference", str(ref), "--segment"]) == 2
-    assert "Docker" in capsys.readouterr().err
+    assert ev.main(["--reference", str(ref), "--baselines", "--segment"]) == 2
+    assert "--segment needs --pred" in capsys.readouterr().err
+    assert ev.main(["--pred", str(out), "--reference", str(ref), "--segment", "--segmenter", str(tmp_path)]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
     assert ev.main(["--reference", str(ref)]) == 2  # nothing to evaluate
     assert ev.main(["--reference", str(ref), "--baselines", "--report", str(tmp_path / "r.pdf")]) == 2
     assert ev.main(["--reference", str(tmp_path / "nope"), "--baselines", "--no-progress"]) == 1

@@ -105,3 +105,34 @@ def test_segment_refuses_a_generator_checkpoint(small_checkpoint, tmp_path, caps
     code = segment_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                          "--weights", str(small_checkpoint)])
     assert code == 2 and "does not serve task segment" in capsys.readouterr().err
+
+
+def test_downstream_protocol_in_the_evaluation(trained, tmp_path, capsys):
+    """The three-way table: a perfect synthesis segments exactly as the real case; rows for the real case and
+    each baseline completion; an old-layout reference read with 2023 labels."""
+    from infer import evaluate as ev
+
+    root, _ = trained
+    _labelled_case(tmp_path / "ref" / "old", "old", 7, naming="2018")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "old_flair.nii.gz").symlink_to(tmp_path / "ref" / "old" / "old_flair.nii.gz")
+    code = ev.main(["--pred", str(pred), "--reference", str(tmp_path / "ref"), "--segment", "--segmenter",
+                    str(root / "run" / "segmenter3d"), "--csv", str(tmp_path / "rows.csv"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "segmentation metrics" in out and "downstream_baseline_copy" in out
+    rows = {r["source"]: r for r in ev.evaluate(tmp_path / "ref", pred, segmenter=_segmenter(root), progress=False,
+                                                log=lambda _m: None).rows if r["source"].startswith("downstream_")}
+    assert set(rows) == {"downstream_real", "downstream_prediction", "downstream_baseline_mean",
+                         "downstream_baseline_copy"}
+    assert all(r["modality"] == "t2f" and r["status"] == "ok" for r in rows.values())
+    for metric in ("dice_WT", "nsd_WT", "nsd2mm_WT", "hd95_WT", "dice_ET"):
+        assert rows["downstream_prediction"][metric] == rows["downstream_real"][metric]
+    assert rows["downstream_real"]["dice_WT"] > 0.5 and rows["downstream_real"]["nsd2mm_WT"] >= \
+        rows["downstream_real"]["nsd_WT"]
+
+
+def _segmenter(root):
+    from infer.segment import load_segmenter
+
+    return load_segmenter(root / "run" / "segmenter3d", device="cpu")
