@@ -176,7 +176,12 @@ def task_inputs(task: str, folder: Path, brats_data: Path) -> tuple[str, Path]:
     return f"{case}-t2w.nii.gz", brats_data / case / f"{case}-t1c.nii.gz"
 
 
-@pytest.mark.parametrize("task", task_names())
+def entrypoint_tasks() -> list:
+    """Each task; brasyn's real 240 x 240 x 155 case takes over a minute on a 2-core CPU: a slow test."""
+    return [pytest.param(t, marks=pytest.mark.slow) if t == "brasyn" else t for t in task_names()]
+
+
+@pytest.mark.parametrize("task", entrypoint_tasks())
 def test_entrypoint_runs_like_the_image(task, brats_data):
     root = Path(tempfile.mkdtemp(prefix="brainsyn-image-"))
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,7 @@ def test_ci_runs_the_readme_test_command():
     assert "<!-- ci:test -->" in (REPO / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow  # the bundled model on two full-size cases: 100 to 130 s on a 2-core CPU
 def test_main_job_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block("ci:main-job")], cwd=tmp_path, env=env,
