@@ -67,16 +67,18 @@ def compression_level(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
+    """The options of `python -m infer`; for a `fixed_task` (`python -m infer.segment`) there is no --task."""
     parser = argparse.ArgumentParser(
-        prog="python -m infer",
+        prog="python -m infer" if fixed_task is None else f"python -m infer.{fixed_task.name}",
         description="Synthesise the missing modality of every case in a folder with a slice generator.",
         epilog="Inputs: IN/<case>/<case>-<modality>.nii.gz (BraTS layout) or IN/<case>-<modality>.nii.gz (flat). "
                "Outputs: OUT/<case>-<missing>.nii.gz only (float32 MR, int16 HU for mr2ct), with the affine and "
                "header of the first available input in modality order; OUT must lie outside IN. "
                f"--qc adds OUT/{QC_FOLDER}/<case>.png (leave it off for a BraTS container's /output). Exit status: 0 all done, 1 some case failed, "
                "2 usage or setup error.")
-    parser.add_argument("--task", choices=sorted(TASKS), default="brasyn", help="synthesis task (default: brasyn)")
+    if fixed_task is None:
+        parser.add_argument("--task", choices=sorted(TASKS), default="brasyn", help="synthesis task (default: brasyn)")
     parser.add_argument("--input", "--data_path", dest="input", type=Path, required=True, metavar="IN",
                         help="folder of cases (never written to)")
     parser.add_argument("--output", "--output_path", dest="output", type=Path, required=True, metavar="OUT",
@@ -162,10 +164,10 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec
                            compile=args.compile)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, fixed_task: TaskSpec | None = None) -> int:
+    parser = build_parser(fixed_task)
     args = parser.parse_args(argv)
-    task = TASKS[args.task]
+    task = fixed_task or TASKS[args.task]
     if args.targets:
         unknown = [m for m in args.targets if m not in task.target_modalities]
         if unknown:

@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmenter checkpoint for --segment (default: the bundled weights/segment)")
     p.add_argument("--baselines", action="store_true",
                    help="also score the mean and copy baselines for every reference modality")
-    p.add_argument("--task", choices=sorted(t for t, spec in TASKS.items() if spec.product is None), default="brasyn",
+    p.add_argument("--task", choices=sorted(TASKS), default="brasyn",
                    help="task of the predictions (default brasyn); mr2ct and us2mr are scored inside the head / "
                         "the ultrasound's field of view")
     p.add_argument("--modalities", nargs="+", help="modalities to score (default: every target of the task)")

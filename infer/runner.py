@@ -158,7 +158,7 @@ def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool
     write exists already as a valid NIfTI of the inputs' shape (and not `overwrite`). An existing output that
     is not valid is computed again, with a note in the job."""
     targets = check_case(case, task)
-    naming = case_naming(case, task)
+    naming = task.output_naming or case_naming(case, task)
     outputs = {t: output_dir / naming.file_name(case.name, t) for t in targets}
     if overwrite:
         return CaseJob(case, outputs)

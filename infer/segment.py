@@ -2,7 +2,7 @@
 
     python -m infer.segment --input IN --output OUT [--weights CKPT] [--shard I/N] [--overwrite] [--qc]
 
-is `python -m infer --task segment`: every case of IN with its four modalities (either naming convention)
+runs the runner of `python -m infer` on the segmentation task (`infer.tasks.SEGMENT`): every case of IN with its four modalities (either naming convention)
 gets `OUT/<case>-seg.nii.gz`, uint8 BraTS 2023 labels (1 NETC, 2 ED, 3 ET) on the inputs' grid, written
 atomically; a bad case costs one line and is skipped, as for synthesis.
 
@@ -109,8 +109,9 @@ def load_segmenter(weights: Path | None = None, device: str = "auto") -> Callabl
 
 def main(argv: Sequence[str] | None = None) -> int:
     from infer import cli
+    from infer.tasks import SEGMENT
 
-    return cli.main(["--task", "segment", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(argv, fixed_task=SEGMENT)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,8 @@ SEGMENT = TaskSpec(
     output_dtype="uint8",
 )
 
-TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR, SEGMENT)}
+TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR)}
+"""The synthesis tasks (`python -m infer --task`, one container each); segmentation is `python -m infer.segment`."""
 
 VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 """Slicing views; the position is the view index the generator's view embedding receives.
