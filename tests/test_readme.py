@@ -49,7 +49,7 @@ def test_main_job_command_in_a_fresh_clone(tmp_path):
     assert "setting up" in first.stderr
     output = clone / "sample-out" / f"{CASE}-t2f.nii.gz"
     assert f"synthesised FLAIR: {output}" in first.stdout and f"{clone / 'sample-out' / 'qc' / CASE}.png" in first.stdout
-    out, ref = nib.load(output), nib.load(clone / "samples" / CASE / f"{CASE}-t1c.nii.gz")
+    out, ref = nib.load(output), nib.load(clone / "samples" / "brasyn" / CASE / f"{CASE}-t1c.nii.gz")
     assert out.shape == ref.shape and np.array_equal(out.affine, ref.affine)
     data = np.asarray(out.dataobj)
     assert np.isfinite(data).all() and data.min() >= 0 and data[np.asarray(ref.dataobj) > 0].mean() > 0
