@@ -15,8 +15,8 @@ import numpy as np
 from infer.regions import REGION_NAMES
 from infer.segmetrics import segmentation_metrics
 
-Segmenter = Callable[[Mapping[str, np.ndarray]], np.ndarray]
-"""Four raw modalities (t1c, t1n, t2f, t2w) -> a label map in the 2023 labels on their grid."""
+Segmenter = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
+"""(four raw modalities t1c, t1n, t2f, t2w, their 4x4 affine) -> a label map in the 2023 labels on their grid."""
 
 DOWNSTREAM_PREFIX = "downstream_"
 REAL = "real"

@@ -441,7 +441,10 @@ def _score_downstream(result: EvaluationResult, case: _Case, predictions: Path |
             return
         real[m] = entry[0]
     try:
-        real_scores = score_labels(segmenter(real), ref_seg, spacing)
+        import nibabel as nib
+
+        affine = nib.load(case.path(BRATS_MODALITIES[0])).affine
+        real_scores = score_labels(segmenter(real, affine), ref_seg, spacing)
         for mod in modalities:
             if pred_dir is not None:
                 pred = load_volume(prediction_file(pred_dir, case.name, mod, case.reference.naming))[0]
@@ -451,7 +454,7 @@ def _score_downstream(result: EvaluationResult, case: _Case, predictions: Path |
             stand_ins = {PREDICTION: pred, **{baseline_source(b): BASELINES[b](others, mod) for b in BASELINES}}
             result.rows.append({**_empty_row(case.name, downstream_source(REAL), mod), **real_scores})
             for name, volumes in completions(real, mod, stand_ins).items():
-                scores = score_labels(segmenter(volumes), ref_seg, spacing)
+                scores = score_labels(segmenter(volumes, affine), ref_seg, spacing)
                 result.rows.append({**_empty_row(case.name, downstream_source(name), mod), **scores})
     except Exception as e:  # noqa: BLE001 - one case's failure is reported, the others go on
         error(f"{case.name}: downstream segmentation failed: {_one_line(e)}")
@@ -599,8 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", action="store_true",
                    help="the BraSyn downstream protocol: segment each case completed with the prediction, the real "
                         "case and each baseline's completion, and score the regions against the reference labels")
-    p.add_argument("--segmenter", type=Path,
-                   help="segmenter checkpoint for --segment (default: the bundled weights/segment)")
+    p.add_argument("--segmenter",
+                   help="segmenter for --segment: a checkpoint folder (default: the bundled weights/segment) or "
+                        "brats:<algorithm>, a BraTS adult-glioma segmentation algorithm of the `brats` package run "
+                        "through its own API (Docker, or brats:<algorithm>:singularity), e.g. brats:BraTS23_1")
     p.add_argument("--baselines", action="store_true",
                    help="also score the mean and copy baselines for every reference modality")
     p.add_argument("--task", choices=sorted(TASKS), default="brasyn",

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,10 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import NormalizeIntensity
 from torch import nn
 
+from infer.downstream import Segmenter
 from infer.engine import Timings, timed
 from infer.regions import labels_from_regions
+from infer.tasks import BRATS_MODALITIES
 from infer.volumetric import WindowSettings, signal_box
 from models.checkpoint import load_model
 
@@ -95,16 +99,51 @@ class SegmentationPredictor:
         return labels
 
 
-def load_segmenter(weights: Path | None = None, device: str = "auto") -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """A segmenter function (four raw modalities -> 2023 labels) from a "segmenter3d" checkpoint, by default
-    the bundled one (`weights/segment`)."""
+BRATS_PREFIX = "brats:"
+"""`--segmenter brats:<algorithm>[:singularity]` names a segmentation algorithm of the `brats` package."""
+
+
+def load_segmenter(spec: str | Path | None = None, device: str = "auto") -> Segmenter:
+    """A segmenter function (`infer.downstream.Segmenter`): `brats:<algorithm>[:singularity]` (see
+    `brats_segmenter`), else a "segmenter3d" checkpoint folder, by default the bundled one (`weights/segment`)."""
     from infer import cli
     from infer.tasks import SEGMENT
 
-    path = weights if weights is not None else cli.default_weights(SEGMENT)
+    if spec is not None and str(spec).startswith(BRATS_PREFIX):
+        name, _, backend = str(spec).removeprefix(BRATS_PREFIX).partition(":")
+        return brats_segmenter(name, backend or "docker", force_cpu=device == "cpu")
+    path = Path(spec) if spec is not None else cli.default_weights(SEGMENT)
     target = torch.device(cli.pick_device(device))
     predictor = SegmentationPredictor(load_model(path, device=target, kind="segmenter3d"), device=target)
-    return lambda volumes: predictor.predict(volumes, SEGMENT.product)
+    return lambda volumes, _affine: predictor.predict(volumes, SEGMENT.product)
+
+
+def brats_segmenter(algorithm: str, backend: str = "docker", force_cpu: bool = False) -> Segmenter:
+    """A BraTS adult-glioma (pre-treatment) segmentation algorithm of the `brats` package, run through its own
+    `infer_single` (its container via Docker or Singularity): the volumes are written as NIfTI files with the
+    given affine in a temporary folder; the algorithms write 2023 labels. ValueError for an unknown algorithm."""
+    from brats import AdultGliomaPreTreatmentSegmenter
+    from brats.constants import AdultGliomaPreTreatmentAlgorithms, Backends
+
+    known = [a.value for a in AdultGliomaPreTreatmentAlgorithms]
+    if algorithm not in known:
+        raise ValueError(f"unknown brats segmentation algorithm {algorithm!r}; known: {', '.join(known)}")
+    backends = {b.value: b for b in Backends}
+    if backend not in backends:
+        raise ValueError(f"unknown brats backend {backend!r}; known: {', '.join(backends)}")
+    segmenter = AdultGliomaPreTreatmentSegmenter(AdultGliomaPreTreatmentAlgorithms(algorithm), force_cpu=force_cpu)
+
+    def segment(volumes: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="brainsyn-brats-") as tmp:
+            files = {}
+            for modality in BRATS_MODALITIES:
+                files[modality] = Path(tmp) / f"{modality}.nii.gz"
+                nib.save(nib.Nifti1Image(np.asarray(volumes[modality], dtype=np.float32), affine), files[modality])
+            output = Path(tmp) / "seg.nii.gz"
+            segmenter.infer_single(**files, output_file=output, backend=backends[backend])
+            return np.asarray(nib.load(output).dataobj).astype(np.uint8)
+
+    return segment
 
 
 def main(argv: Sequence[str] | None = None) -> int:

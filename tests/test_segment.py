@@ -136,3 +136,33 @@ def _segmenter(root):
     from infer.segment import load_segmenter
 
     return load_segmenter(root / "run" / "segmenter3d", device="cpu")
+
+
+def test_brats_package_segmenter_through_its_own_api(tmp_path, monkeypatch):
+    """`--segmenter brats:BraTS23_1`: the package's own infer_single (input standardisation, output renaming)
+    with only its container runner replaced by one that writes a known segmentation."""
+    from brats.core import brats_algorithm
+
+    from infer import evaluate as ev
+    from infer.segment import brats_segmenter, load_segmenter
+
+    seg = _labelled_case(tmp_path / "ref" / "old", "old", 7, naming="2018")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "old_t1ce.nii.gz").symlink_to(tmp_path / "ref" / "old" / "old_t1ce.nii.gz")
+    seen = []
+
+    def run_container(algorithm, data_path, output_path, cuda_devices, force_cpu, internal_external_name_map=None):
+        (subject,) = [p.name for p in data_path.iterdir()]
+        seen.append(sorted(p.name for p in (data_path / subject).iterdir()))
+        nib.save(nib.Nifti1Image(seg, AFFINE), output_path / f"{subject}.nii.gz")  # what the container writes
+
+    monkeypatch.setattr(brats_algorithm, "run_docker_container", run_container)
+    with pytest.raises(ValueError, match="unknown brats segmentation algorithm"):
+        brats_segmenter("BraTS99_9")
+    result = ev.evaluate(tmp_path / "ref", pred, segmenter=load_segmenter("brats:BraTS23_1", device="cpu"),
+                         progress=False, log=lambda _m: None)
+    rows = [r for r in result.rows if r["source"].startswith("downstream_")]
+    assert not result.errors and len(rows) == 4 and len(seen) == 4  # real + prediction + two baselines
+    assert all(len(files) == 4 for files in seen)
+    assert all(r["dice_ET"] == 1.0 and r["dice_WT"] == 1.0 for r in rows)
