@@ -5,7 +5,9 @@ through the command line's runner, and scored with `infer.evaluate` next to the 
         --split train/splits/brats18.json --extra ../shared/data/brats/BraTS-GLI-00001-000 --output runs/holdout
 
 The validation cases of `--split` (found under `--data`) form the group "validation"; each `--extra` case folder
-is a group of its own. Inputs are symbolic links in `OUTPUT/inputs/without-<m>/` (either naming convention, as
+is a group of its own. With `--segment [--segmenter CKPT|brats:<algorithm>]` the downstream protocol
+(`infer.downstream`) runs too, and a second table per group gives the segmenter's Dice / NSD / HD95 per region
+on the real cases and on the cases completed by the model and by each baseline. Inputs are symbolic links in `OUTPUT/inputs/without-<m>/` (either naming convention, as
 the cases come), predictions go to `OUTPUT/pred/without-<m>/` with QC pictures, per-case scores to
 `OUTPUT/per_case.csv`; the Markdown tables of the model card are printed and written to `OUTPUT/summary.md`.
 
@@ -26,6 +28,7 @@ import numpy as np
 from infer import cli
 from infer.baselines import BASELINES
 from infer.cases import CaseFiles, case_naming, discover_cases, read_split
+from infer.downstream import REAL, Segmenter, downstream_source
 from infer.evaluate import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
                             summarize, write_csv)
 from infer.intensity import background_vote, foreground
@@ -33,6 +36,7 @@ from infer.tasks import BRASYN, BRATS_MODALITIES
 
 TABLE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "psnr", "mae")
 SANITY: tuple[str, ...] = ("brain_zeros", "far_above")
+SEG_TABLE: tuple[str, ...] = ("dice_ET", "dice_TC", "dice_WT", "nsd_WT", "nsd2mm_WT", "hd95_ET", "hd95_TC", "hd95_WT")
 
 
 def find_case(folder: Path) -> CaseFiles:
@@ -104,10 +108,30 @@ def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]
     return "\n".join(out)
 
 
+def downstream_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]) -> str:
+    """One table per group: a row per (missing modality, completion), the `SEG_TABLE` means."""
+    sources = [(REAL, "real (all four)"), (PREDICTION, "model"),
+               *((baseline_source(b), f"{b} baseline") for b in BASELINES)]
+    out = []
+    for group, names in groups.items():
+        sel = [r for r in rows if r["case"] in names]
+        summary = {(s["source"], s["modality"], s["metric"]): s["mean"] for s in summarize(sel, SEG_TABLE)}
+        if not summary:
+            continue
+        out += [f"{group}: segmentation of the completed cases", "",
+                "| missing | completed by | " + " | ".join(SEG_TABLE) + " |", "|" + " --- |" * (len(SEG_TABLE) + 2)]
+        for modality in BRATS_MODALITIES:
+            for source, label in sources:
+                cells = [_cell(summary.get((downstream_source(source), modality, m)), m) for m in SEG_TABLE]
+                out.append(f"| {modality} | {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _cell(value: float | None, metric: str) -> str:
     if value is None or math.isnan(value):
         return "-"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}" if metric.startswith("ssim") else f"{value:.4f}"
+    return f"{value:.2f}" if metric in ("psnr",) or metric.startswith("hd95") else f"{value:.4f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="work and result folder")
     p.add_argument("--views", help="views to run (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--segment", action="store_true", help="also run the downstream segmentation protocol")
+    p.add_argument("--segmenter", help="segmenter for --segment (default: the bundled weights/segment)")
     return p
 
 
@@ -140,6 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    segmenter: Segmenter | None = None
+    if args.segment:
+        from infer.cli import SetupError
+        from infer.segment import load_segmenter
+
+        try:
+            segmenter = load_segmenter(args.segmenter, device=args.device)
+        except (SetupError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     out = args.output
     link_references(cases, out / "reference")
     rows: list[dict] = []
@@ -154,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: synthesis without {modality} failed", file=sys.stderr)
             return 1
         result = evaluate(out / "reference", preds, baselines=list(BASELINES), modalities=[modality],
-                          progress=False)
+                          progress=False, segmenter=segmenter)
         if result.errors:
             return 1
         for row in result.rows:
@@ -166,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          volumes[modality]))
         rows += result.rows
     write_csv(rows, out / "per_case.csv", columns=[*CSV_COLUMNS, *SANITY])
-    text = markdown_tables(rows, {g: [f.name for f in folders] for g, folders in groups.items()})
+    names = {g: [f.name for f in folders] for g, folders in groups.items()}
+    text = markdown_tables(rows, names) + "\n" + downstream_tables(rows, names)
     (out / "summary.md").write_text(text)
     print(text)
     return 0

@@ -10,7 +10,7 @@ from models.checkpoint import load_model
 from train.config import load_config, VolumeConfig
 from train.segmenter3d import fit_segmenter3d
 
-from helpers import AFFINE, snapshot, synthetic_volumes
+from helpers import AFFINE, save_tiny_checkpoint, snapshot, synthetic_volumes
 
 SHAPE = (40, 36, 30)
 
@@ -66,14 +66,14 @@ def trained(tmp_path_factory):
                              "patch.tumour_fraction=0.7", "optim.lr=0.003", "train.steps=40",
                              "train.batch_size=2", f"run.output={root / 'run'}", "run.device=cpu",
                              "run.progress=false", "run.checkpoint_every=20"], VolumeConfig)
+    fit_segmenter3d(cfg, stop_after=20)
+    assert not (root / "run" / "segmenter3d").exists()  # stopped: a resumable state, no final checkpoint
+    fit_segmenter3d(cfg, resume=True)
     return root, cfg
 
 
 def test_training_learns_resumes_and_writes_a_checkpoint(trained):
-    root, cfg = trained
-    fit_segmenter3d(cfg, stop_after=20)
-    assert not (root / "run" / "segmenter3d").exists()
-    fit_segmenter3d(cfg, resume=True)
+    root, _ = trained
     losses = [float(line.split(",")[1]) for line in (root / "run" / "log.csv").read_text().splitlines()[1:]]
     assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5])
     model = load_model(root / "run" / "segmenter3d", kind="segmenter3d")
@@ -166,3 +166,24 @@ def test_brats_package_segmenter_through_its_own_api(tmp_path, monkeypatch):
     assert not result.errors and len(rows) == 4 and len(seen) == 4  # real + prediction + two baselines
     assert all(len(files) == 4 for files in seen)
     assert all(r["dice_ET"] == 1.0 and r["dice_WT"] == 1.0 for r in rows)
+
+
+def test_holdout_with_the_downstream_protocol(trained, tmp_path, capsys):
+    """`python -m infer.holdout --segment`: every modality left out in turn, synthesised, scored, and the
+    completed cases segmented; a case without labels gets no segmentation scores and no error."""
+    from infer import holdout
+
+    root, _ = trained
+    _labelled_case(tmp_path / "cases" / "lab", "lab", 3, naming="2018")
+    _labelled_case(tmp_path / "cases" / "nolab", "nolab", 4)
+    (tmp_path / "cases" / "nolab" / "nolab-seg.nii.gz").unlink()
+    weights = save_tiny_checkpoint(tmp_path / "gen", image_size=64)
+    code = holdout.main(["--weights", str(weights), "--extra", str(tmp_path / "cases" / "lab"),
+                         str(tmp_path / "cases" / "nolab"), "--output", str(tmp_path / "out"), "--device", "cpu",
+                         "--segment", "--segmenter", str(root / "run" / "segmenter3d")])
+    text = capsys.readouterr().out
+    assert code == 0 and "lab: segmentation of the completed cases" in text
+    assert "nolab: segmentation" not in text and "| t2f | real (all four) |" in text
+    assert (tmp_path / "out" / "pred" / "without-t2f" / "lab_flair.nii.gz").is_file()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "lab (1 case: lab)" in summary and "lab: segmentation of the completed cases" in summary
