@@ -640,8 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (SetupError, ValueError, OSError) as e:  # models.checkpoint.CheckpointError is a ValueError
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.pred is None and not args.baselines:
-        print("error: nothing to evaluate: give --pred and/or --baselines", file=sys.stderr)
+    if args.pred is None and not args.baselines and args.segmentations is None:
+        print("error: nothing to evaluate: give --pred, --baselines and/or --segmentations", file=sys.stderr)
         return 2
     if args.report is not None and args.report.suffix.lower() not in (".md", ".html", ".htm"):
         print(f"error: --report must end in .md or .html: {args.report}", file=sys.stderr)
