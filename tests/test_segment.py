@@ -187,3 +187,26 @@ def test_holdout_with_the_downstream_protocol(trained, tmp_path, capsys):
     assert (tmp_path / "out" / "pred" / "without-t2f" / "lab_flair.nii.gz").is_file()
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "lab (1 case: lab)" in summary and "lab: segmentation of the completed cases" in summary
+
+
+@pytest.mark.slow  # the bundled generator and segmenter on two full-size real cases: about 2 minutes
+def test_downstream_protocol_on_two_real_cases_with_the_bundled_models(brats18_data, tmp_path):
+    from infer import evaluate as ev
+    from infer.cli import main as infer_main
+    from infer.segment import load_segmenter
+
+    cases = ["Brats18_CBICA_AME_1", "Brats18_TCIA10_639_1"]  # validation cases, 2018 naming
+    for case in cases:
+        folder = tmp_path / "in" / case
+        folder.mkdir(parents=True)
+        for token in ("t1", "t1ce", "t2"):
+            (folder / f"{case}_{token}.nii.gz").symlink_to(brats18_data / case / f"{case}_{token}.nii.gz")
+    assert infer_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    result = ev.evaluate(brats18_data, tmp_path / "out", cases=cases, segmenter=load_segmenter(device="cpu"),
+                         progress=False, log=lambda _m: None)
+    assert not result.errors
+    rows = {(r["case"], r["source"]): r for r in result.rows if r["source"].startswith("downstream_")}
+    assert len(rows) == 8 and all(r["modality"] == "t2f" and r["status"] == "ok" for r in rows.values())
+    for case in cases:
+        assert rows[(case, "downstream_real")]["dice_WT"] > 0.8  # the bundled segmenter on real FLAIR
+        assert 0 <= rows[(case, "downstream_prediction")]["dice_WT"] <= 1
