@@ -243,12 +243,14 @@ def test_tumour_type_from_case_name():
 
 
 def _run_real(brats_data: Path, tmp: Path, modalities: list[str]):
-    """The real case: an identity prediction of t2f and segmentation (symlinks), both baselines per modality."""
+    """The real case: identity predictions of `modalities` and segmentation (symlinks), both baselines for each
+    predicted modality."""
     case_dir = brats_data / REAL_CASE
     out, segs = tmp / "out", tmp / "segs"
     out.mkdir()
     segs.mkdir()
-    (out / f"{REAL_CASE}-t2f.nii.gz").symlink_to(case_dir / f"{REAL_CASE}-t2f.nii.gz")
+    for m in modalities:
+        (out / f"{REAL_CASE}-{m}.nii.gz").symlink_to(case_dir / f"{REAL_CASE}-{m}.nii.gz")
     (segs / f"{REAL_CASE}.nii.gz").symlink_to(case_dir / f"{REAL_CASE}-seg.nii.gz")
     csv_path, report = tmp / "per_case.csv", tmp / "report.html"
     t0 = time.perf_counter()
@@ -259,9 +261,9 @@ def _run_real(brats_data: Path, tmp: Path, modalities: list[str]):
     assert code == 0
     rows = _read_csv(csv_path)
     key = {(r["source"], r["modality"]): r for r in rows}
-    assert len(rows) == (1 if "t2f" in modalities else 0) + 2 * len(modalities) + 1
-    if "t2f" in modalities:
-        ident = key[("prediction", "t2f")]
+    assert len(rows) == 3 * len(modalities) + 1
+    for m in modalities:
+        ident = key[("prediction", m)]
         for k in ("ssim_healthy", "ssim_tumour", "ssim_brain", "ssim_brain_ET", "ssim_brain_TC", "ssim_brain_WT"):
             assert float(ident[k]) == pytest.approx(1.0, abs=1e-6)
         assert ident["psnr"] == "inf" and float(ident["mae"]) == 0
