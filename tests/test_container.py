@@ -255,6 +255,8 @@ def test_the_package_starts_without_a_writable_tmp(matplotlib_dir):
     namespace = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     if subprocess.run([*namespace, "true"], capture_output=True).returncode:
         pytest.skip("no mount namespaces here")
+    if any(Path(p).resolve().is_relative_to("/tmp") for p in (REPO, sys.prefix, sys.base_prefix)):
+        pytest.skip("the code or the interpreter lies under /tmp, which this emulation hides")
     env = {**image_env(dockerfile_stages()[-1]), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     if matplotlib_dir == "unwritable":
         env["MPLCONFIGDIR"] = "/tmp/matplotlib"
