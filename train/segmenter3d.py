@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import yaml
 from monai.losses import DiceCELoss
-from torch import nn
 from tqdm.auto import tqdm
 
 from infer.regions import REGION_NAMES, regions_from_labels
@@ -34,9 +33,9 @@ from train.config import ConfigError, VolumeConfig
 from train.curves import CsvLog, plot_curves
 from train.distributed import pick_device
 from train.run import now, training_cases
-from train.schedule import set_lr, warmup_cosine
+from train.schedule import warmup_cosine
 from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
-from train.volumetric import crop_patch, run_provenance, window_settings
+from train.volumetric import crop_patch, optimizer_step, run_provenance, window_settings
 
 CHECKPOINT = "segmenter3d"
 
@@ -142,12 +141,7 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
             x, y = sample_patches(cases, cfg.patch.size, cfg.train.batch_size, cfg.patch.tumour_fraction, rng)
             loss = loss_fn(model(x.to(device)), y.to(device))
             lr = warmup_cosine(step, steps, cfg.optim.lr, warmup, cfg.optim.min_lr_fraction)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            optimizer_step(model, optimizer, loss, lr, cfg.optim.grad_clip)
             step += 1
             log.append({"step": step, "dice_ce": float(loss.detach()), "lr": lr})
             bar.update()

@@ -160,6 +160,17 @@ def window_settings(cfg: VolumeConfig) -> WindowSettings:
         raise ConfigError(f"patch: {err}") from None
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
+                   grad_clip: float) -> None:
+    """One step on `loss` at rate `lr`, gradients clipped at norm `grad_clip` (0 = off)."""
+    set_lr(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def fit_patches(model: nn.Module, predict: Callable[[nn.Module, PatchBatch], torch.Tensor], sampler: PatchSampler,
                 cfg: VolumeConfig, out: Path, device: torch.device, desc: str) -> None:
     """Train `model` for `train.steps` Adam steps on random patches (`predict(model, batch)` -> prediction);
@@ -175,12 +186,7 @@ def fit_patches(model: nn.Module, predict: Callable[[nn.Module, PatchBatch], tor
             batch = sampler.sample(cfg.train.batch_size).to(device)
             loss, terms = loss_fn(predict(model, batch), batch.reference, batch.brain)
             lr = warmup_cosine(step, steps, cfg.optim.lr, warmup, cfg.optim.min_lr_fraction)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            optimizer_step(model, optimizer, loss, lr, cfg.optim.grad_clip)
             log.append({"step": step + 1, "loss": float(loss.detach()), **terms, "lr": lr})
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     plot_curves(out / "log.csv", out / "curves.png")
