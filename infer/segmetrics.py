@@ -61,8 +61,10 @@ def mask_scores(
     spacing: Sequence[float] | None = None,
     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     hd95_cap: float | None = None,
+    extra_nsd_mm: Sequence[float] = (),
 ) -> dict[str, float]:
-    """Dice, NSD at `tolerance_mm` and HD95 (mm) of two boolean masks (`spacing` in mm per axis, default 1).
+    """Dice, NSD at `tolerance_mm` and HD95 (mm) of two boolean masks (`spacing` in mm per axis, default 1),
+    plus NSD at each of `extra_nsd_mm` (keys `nsd_key(t)`, e.g. ``nsd2mm``) from the same distances.
 
     Empty masks follow the table in the module docstring; `hd95_cap` defaults to the image diagonal in mm.
     """
@@ -74,10 +76,11 @@ def mask_scores(
     if hd95_cap is None:
         hd95_cap = image_diagonal_mm(pred.shape, spacing)
     has_p, has_r = bool(pred.any()), bool(reference.any())
+    extra = [nsd_key(t) for t in extra_nsd_mm]
     if not has_p and not has_r:
-        return {"dice": 1.0, "nsd": 1.0, "hd95": 0.0}
+        return {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, **dict.fromkeys(extra, 1.0)}
     if not (has_p and has_r):
-        return {"dice": 0.0, "nsd": 0.0, "hd95": float(hd95_cap)}
+        return {"dice": 0.0, "nsd": 0.0, "hd95": float(hd95_cap), **dict.fromkeys(extra, 0.0)}
     compute_dice, compute_hausdorff_distance, compute_surface_dice = _monai()
     p, r = _crop_to_union(pred, reference)
     yp = torch.from_numpy(np.ascontiguousarray(p))[None, None]
@@ -85,10 +88,16 @@ def mask_scores(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI deprecation chatter from inside its own helpers
         dice = compute_dice(yp, yr, include_background=True)
-        nsd = compute_surface_dice(yp, yr, class_thresholds=[float(tolerance_mm)], include_background=True,
-                                   spacing=list(spacing))
+        nsd = [float(compute_surface_dice(yp, yr, class_thresholds=[float(t)], include_background=True,
+                                          spacing=list(spacing)).item()) for t in (tolerance_mm, *extra_nsd_mm)]
         hd = compute_hausdorff_distance(yp, yr, include_background=True, percentile=95, spacing=list(spacing))
-    return {"dice": float(dice.item()), "nsd": float(nsd.item()), "hd95": min(float(hd.item()), float(hd95_cap))}
+    return {"dice": float(dice.item()), "nsd": nsd[0], "hd95": min(float(hd.item()), float(hd95_cap)),
+            **dict(zip(extra, nsd[1:]))}
+
+
+def nsd_key(tolerance_mm: float) -> str:
+    """Key of the NSD at an extra tolerance (``nsd2mm`` for 2 mm)."""
+    return f"nsd{tolerance_mm:g}mm"
 
 
 def segmentation_metrics(
@@ -97,8 +106,10 @@ def segmentation_metrics(
     spacing: Sequence[float] | None = None,
     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     regions: Sequence[str] = REGION_NAMES,
+    extra_nsd_mm: Sequence[float] = (),
 ) -> dict[str, float]:
-    """Dice/NSD/HD95 of a BraTS label map against the reference for each region; keys from `seg_metric_names`."""
+    """Dice/NSD/HD95 of a BraTS label map against the reference for each region; keys from `seg_metric_names`,
+    plus ``nsd2mm_ET`` etc. for each of `extra_nsd_mm` (see `mask_scores`)."""
     pred_seg = np.asarray(pred_seg)
     ref_seg = np.asarray(ref_seg)
     if pred_seg.shape != ref_seg.shape:
@@ -107,9 +118,10 @@ def segmentation_metrics(
     cap = image_diagonal_mm(ref_seg.shape, spacing)
     out: dict[str, float] = {}
     scores = {
-        r: mask_scores(region_mask(pred_seg, r), region_mask(ref_seg, r), spacing, tolerance_mm, cap) for r in regions
+        r: mask_scores(region_mask(pred_seg, r), region_mask(ref_seg, r), spacing, tolerance_mm, cap, extra_nsd_mm)
+        for r in regions
     }
-    for m in SEG_METRICS:
+    for m in (*SEG_METRICS, *(nsd_key(t) for t in extra_nsd_mm)):
         for r in regions:
             out[f"{m}_{r}"] = scores[r][m]
     return out

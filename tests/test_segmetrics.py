@@ -102,3 +102,19 @@ def test_segmentation_metrics_per_region():
     out = segmentation_metrics(no_tumour, no_tumour)
     assert all(out[f"dice_{r}"] == 1 and out[f"hd95_{r}"] == 0 for r in ("ET", "TC", "WT"))
     assert not any(math.isnan(v) for v in out.values())
+
+
+def test_extra_nsd_tolerances_equal_separate_calls():
+    rng = np.random.default_rng(3)
+    ref = np.zeros((24, 24, 16), np.uint8)
+    ref[6:16, 5:17, 4:12] = 2
+    ref[8:13, 8:14, 6:10] = 3
+    pred = np.roll(ref, (1, -2, 1), axis=(0, 1, 2))
+    pred[rng.random(ref.shape) < 0.01] = 1
+    spacing = (1.0, 1.0, 1.5)
+    combined = segmentation_metrics(pred, ref, spacing, 1.0, extra_nsd_mm=(2.0,))
+    assert {k: v for k, v in combined.items() if not k.startswith("nsd2mm")} == segmentation_metrics(pred, ref, spacing, 1.0)
+    at_2mm = segmentation_metrics(pred, ref, spacing, 2.0)
+    assert all(combined[f"nsd2mm_{r}"] == at_2mm[f"nsd_{r}"] for r in ("ET", "TC", "WT"))
+    empty = segmentation_metrics(np.zeros_like(ref), ref, spacing, extra_nsd_mm=(2.0,))
+    assert empty["nsd2mm_WT"] == 0.0 and empty["nsd_WT"] == 0.0
