@@ -298,14 +298,14 @@ def evaluate(
         case = _Case(name, reference, error)
         seg_entry = case.get(SEG_FILE, required=False)
         ref_seg = seg_entry[0] if seg_entry is not None else None  # unreadable: reported, metrics go on
-        predicted = modalities
+        predicted, scored = modalities, {}
         if predictions is not None:
-            predicted = _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg, border_crop,
-                                           error, task)
+            predicted, scored = _score_predictions(result, case, predictions, pred_dir, modalities, ref_seg,
+                                                   border_crop, error, task)
         for b in baselines:
             _score_baseline(result, case, b, predicted, ref_seg, border_crop, error)
-        if segmenter is not None and predictions is not None and predicted:
-            _score_downstream(result, case, predictions, pred_dir, predicted, seg_entry, segmenter, error)
+        if segmenter is not None and scored:
+            _score_downstream(result, case, scored, seg_entry, segmenter, error)
         if seg_dir is not None:
             _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, error)
     return result
@@ -361,8 +361,8 @@ def _image_row(result: EvaluationResult, case: _Case, source: str, mod: str, pre
 
 def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
                        modalities: Sequence[str], ref_seg: np.ndarray | None, border_crop: int,
-                       error: Callable[[str], None], task: TaskSpec) -> list[str]:
-    """Score the case's predictions; the modalities that had one."""
+                       error: Callable[[str], None], task: TaskSpec) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Score the case's predictions; the modalities that had one, and the volumes that were scored."""
     if pred_dir is not None:
         files = {m: prediction_file(pred_dir, case.name, m, case.reference.naming) for m in modalities}
         files = {m: p for m, p in files.items() if p.exists()}
@@ -374,7 +374,8 @@ def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path 
         where = pred_dir if pred_dir is not None else "the given predictions"
         mods = "|".join(modalities)
         result.rows.append(_empty_row(case.name, PREDICTION, "", "missing", f"no {case.name}-{{{mods}}} in {where}"))
-        return []
+        return [], {}
+    scored = {}
     for mod in available:
         ref_entry = case.get(mod)
         if pred_dir is not None:
@@ -396,7 +397,8 @@ def _score_predictions(result: EvaluationResult, case: _Case, predictions: Path 
             result.rows.append(_empty_row(case.name, PREDICTION, mod, "error", "shape mismatch"))
             continue
         _image_row(result, case, PREDICTION, mod, pred, ref, ref_seg, border_crop, what, error, task)
-    return available
+        scored[mod] = pred
+    return available, scored
 
 
 def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities: Sequence[str],
@@ -426,10 +428,11 @@ def _score_baseline(result: EvaluationResult, case: _Case, name: str, modalities
         _image_row(result, case, source, mod, pred, ref, ref_seg, border_crop, f"baseline {name} {mod}", error)
 
 
-def _score_downstream(result: EvaluationResult, case: _Case, predictions: Path | Predictions, pred_dir: Path | None,
-                      modalities: Sequence[str], seg_entry: tuple[np.ndarray, tuple[float, ...]] | None,
-                      segmenter: Segmenter, error: Callable[[str], None]) -> None:
-    """Segment the real case once and each completion of each predicted modality; score every one."""
+def _score_downstream(result: EvaluationResult, case: _Case, predictions: Mapping[str, np.ndarray],
+                      seg_entry: tuple[np.ndarray, tuple[float, ...]] | None, segmenter: Segmenter,
+                      error: Callable[[str], None]) -> None:
+    """Segment the real case once and its completion by each scored prediction (modality -> volume, as
+    `_score_predictions` read them) and by each baseline; score every one."""
     if seg_entry is None:  # nothing to score against: said, not an error (a held-out case may have no labels)
         result.rows.append(_empty_row(case.name, downstream_source(REAL), "", "missing",
                                       f"no reference labels {case.path(SEG_FILE).name} to score segmentations"))
@@ -446,11 +449,7 @@ def _score_downstream(result: EvaluationResult, case: _Case, predictions: Path |
 
         affine = nib.load(case.path(BRATS_MODALITIES[0])).affine
         real_scores = score_labels(segmenter(real, affine), ref_seg, spacing)
-        for mod in modalities:
-            if pred_dir is not None:
-                pred = load_volume(prediction_file(pred_dir, case.name, mod, case.reference.naming))[0]
-            else:
-                pred = np.asarray(predictions[case.name][mod])  # type: ignore[index]
+        for mod, pred in predictions.items():
             others = {m: v for m, v in real.items() if m != mod}
             stand_ins = {PREDICTION: pred, **{baseline_source(b): BASELINES[b](others, mod) for b in BASELINES}}
             result.rows.append({**_empty_row(case.name, downstream_source(REAL), mod), **real_scores})
