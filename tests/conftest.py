@@ -40,3 +40,8 @@ def small_checkpoint(tmp_path_factory) -> Path:
 def brats18_data() -> Path:
     """`../shared/data/brats18`: 20 real BraTS 2018 cases in the 2018-2021 naming (enhancing tumour = 4)."""
     return _require(SHARED / "data" / "brats18")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-reference", action="store_true",
+                     help="rewrite tests/data/reference-outputs.npz from the bundled weights (after retraining)")

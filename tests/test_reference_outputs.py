@@ -1,0 +1,66 @@
+"""The bundled models' float32 outputs on real inputs, bit for bit against a file recorded from the same weights.
+
+Guards refactoring (the outputs must not move while code moves). The reference is recorded with
+`python -m pytest tests/test_reference_outputs.py --record-reference`, only when the bundled weights are
+deliberately retrained; then say so in the commit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from infer import cli, segment
+
+REFERENCE = Path(__file__).parent / "data" / "reference-outputs.npz"
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "brasyn" / "BraTS-GLI-00001-000"
+AXIAL_SLAB = slice(70, 76)
+"""Axial slices of the real case that the bundled models run on (a slab keeps the test to seconds)."""
+
+
+def crop_case(source: Path, destination: Path, box: tuple[slice, ...]) -> Path:
+    """Copy every NIfTI file of case folder `source` to `destination`, cropped to `box` (affine kept as is)."""
+    destination.mkdir(parents=True)
+    for path in sorted(source.glob("*.nii.gz")):
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)[box]
+        nib.save(nib.Nifti1Image(data, image.affine, image.header), destination / path.name)
+    return destination
+
+
+def run_cli(main, args: list[str], output: Path) -> np.ndarray:
+    assert main(args) == 0
+    (path,) = sorted(output.glob("*.nii.gz"))
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def bundled_outputs(work: Path, brats18: Path) -> dict[str, np.ndarray]:
+    """The brasyn model's t2f on a slab of the bundled sample case, and the segmenter's labels on a cropped
+    validation case."""
+    brasyn_in = crop_case(SAMPLE, work / "brasyn-in" / SAMPLE.name, (slice(None), slice(None), AXIAL_SLAB))
+    segment_case = brats18 / "Brats18_CBICA_AME_1"
+    segment_in = crop_case(segment_case, work / "segment-in" / segment_case.name,
+                           (slice(56, 184), slice(48, 208), slice(40, 104)))
+    (segment_in / f"{segment_case.name}_seg.nii.gz").unlink()
+    return {
+        "brasyn_t2f": run_cli(cli.main, ["--input", str(brasyn_in.parent), "--output", str(work / "brasyn-out"),
+                               "--device", "cpu"], work / "brasyn-out"),
+        "segment": run_cli(segment.main, ["--input", str(segment_in.parent), "--output",
+                            str(work / "segment-out"), "--device", "cpu"], work / "segment-out"),
+    }
+
+
+def test_bundled_outputs_unchanged(tmp_path, brats18_data, request):
+    outputs = bundled_outputs(tmp_path, brats18_data)
+    if request.config.getoption("--record-reference"):
+        np.savez_compressed(REFERENCE, **outputs)
+        pytest.skip(f"recorded {REFERENCE}")
+    reference = np.load(REFERENCE)
+    for name, output in outputs.items():
+        expected = reference[name]
+        assert output.dtype == expected.dtype and output.shape == expected.shape, name
+        differ = int(np.count_nonzero(output != expected))
+        assert differ == 0, (f"{name}: {differ} voxels differ from the recorded output, by up to "
+                             f"{np.abs(output.astype(np.float64) - expected).max():.3g}")
