@@ -32,6 +32,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+COPY conventions /app/conventions
 COPY models /app/models
 COPY infer /app/infer
 COPY docker/run_task.sh /app/docker/run_task.sh

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from infer.cases import discover_cases
+from infer.engine.cases import discover_cases
 from infer.cli import SetupError, compression_level, parse_views, pick_device, positive_int
-from infer.engine import VolumePredictor, resolve_settings
-from infer.runner import STAGES, run
-from infer.tasks import BRASYN
-from infer.writer import DEFAULT_COMPRESSION_LEVEL
+from infer.engine.slices import VolumePredictor, resolve_settings
+from infer.engine.runner import STAGES, run
+from conventions.tasks import BRASYN
+from infer.engine.writer import DEFAULT_COMPRESSION_LEVEL
 from models.checkpoint import CheckpointMeta, load_model
 from models.generator import GeneratorConfig, HFGANGenerator
 

@@ -14,22 +14,17 @@ from pathlib import Path
 
 import torch
 
-from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE, VolumePredictor, resolve_settings
-from infer.refine import NO_REFINER, REFINER_FOLDER, load_refiner, refiner_path
-from infer.interrupt import Interrupted, stop_on_signals
-from infer.runner import QC_FOLDER, printable, run
-from infer.segment import SegmentationPredictor
-from infer.tasks import TASKS, VIEWS, TaskSpec
-from infer.volumetric import PatchVolumePredictor, patch_settings
-from infer.writer import DEFAULT_COMPRESSION_LEVEL
-from models.checkpoint import load_model, read_config
+from conventions.tasks import TASKS, VIEWS, TaskSpec
+from infer.engine.interrupt import Interrupted, stop_on_signals
+from infer.engine.refine import REFINER_FOLDER
+from infer.engine.runner import QC_FOLDER, printable, run
+from infer.engine.slices import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE
+from infer.engine.writer import DEFAULT_COMPRESSION_LEVEL
+from infer.predictors import Predictor, PredictorOptions, SetupError
+from infer.predictors import build_predictor as predictor_for
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 """Bundled checkpoints: `weights/<task>/` beside the package (not relative to the working directory)."""
-
-
-class SetupError(Exception):
-    """A problem that stops the whole run before any case (one line, exit status 2)."""
 
 
 def parse_views(text: str) -> tuple[str, ...]:
@@ -42,7 +37,7 @@ def parse_views(text: str) -> tuple[str, ...]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """'1/4' -> (1, 4); the range is checked by `infer.runner.select_shard`."""
+    """'1/4' -> (1, 4); the range is checked by `infer.engine.runner.select_shard`."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -112,10 +107,6 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-SLICE_GENERATORS = ("generator", "unet")
-"""Checkpoint kinds that `VolumePredictor` runs slice by slice (HF-GAN generator, Pix2Pix U-Net)."""
-
-
 def default_weights(task: TaskSpec) -> Path:
     """The bundled checkpoint folder of `task`."""
     path = WEIGHTS_ROOT / task.name
@@ -132,36 +123,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_predictor(args: argparse.Namespace, task: TaskSpec
-                    ) -> VolumePredictor | PatchVolumePredictor | SegmentationPredictor:
-    """Load the checkpoint (a slice generator, or a full-3D generator by its kind) and combine task defaults,
-    checkpoint settings and command-line options."""
-    weights = args.weights or default_weights(task)
-    device = pick_device(args.device)
-    kind = read_config(weights).get("kind")
-    if (kind == "segmenter3d") != (task.product is not None):
-        raise SetupError(f"{weights}: a {kind} checkpoint does not serve task {task.name}")
-    if kind == "segmenter3d":
-        if args.views or args.refine not in (None, NO_REFINER):
-            raise SetupError("--views and --refine apply to slice generators, not to a segmenter")
-        return SegmentationPredictor(load_model(weights, device=device, kind="segmenter3d"), device=device)
-    if kind == "generator3d":
-        if args.views or args.refine not in (None, NO_REFINER):
-            raise SetupError("--views and --refine apply to slice generators, not to a full-3D generator")
-        model = load_model(weights, device=device, kind="generator3d")
-        return PatchVolumePredictor(model, patch_settings(task, model), batch_size=args.batch_size, device=device)
-    if kind not in SLICE_GENERATORS:
-        raise SetupError(f"{weights}: holds a {kind}, not a generator ({', '.join(SLICE_GENERATORS)}, generator3d)")
-    model = load_model(weights, device=device)
-    settings = resolve_settings(task, model, args.views)
-    untrained = [v for v in settings.views if v not in model.meta.views]
-    if model.meta.views and untrained:
-        print(f"note: the checkpoint was trained on {', '.join(model.meta.views)}, not {', '.join(untrained)}",
-              file=sys.stderr)
-    refiner = refiner_path(args.refine, weights)
-    refine = None if refiner is None else load_refiner(refiner, settings, device)
-    return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, refine=refine, progress=True,
-                           compile=args.compile)
+def build_predictor(args: argparse.Namespace, task: TaskSpec) -> Predictor:
+    """The predictor of the checkpoint's family (`models.families`), with task defaults, checkpoint settings
+    and command-line options combined."""
+    options = PredictorOptions(device=pick_device(args.device), views=args.views, refine=args.refine,
+                               batch_size=args.batch_size, compile=args.compile)
+    return predictor_for(args.weights or default_weights(task), task, options)
 
 
 def main(argv: Sequence[str] | None = None, fixed_task: TaskSpec | None = None) -> int:

@@ -1,12 +1,12 @@
 """Score a BraSyn model on complete held-out cases: each modality left out in turn, synthesised by the model
-through the command line's runner, and scored with `infer.evaluate` next to the trivial baselines.
+through the command line's runner, and scored with `infer.evaluate.scoring` next to the trivial baselines.
 
     python -m infer.holdout --weights weights/brasyn --data ../shared/data/brats18 \
         --split train/splits/brats18.json --extra ../shared/data/brats/BraTS-GLI-00001-000 --output runs/holdout
 
 The validation cases of `--split` (found under `--data`) form the group "validation"; each `--extra` case folder
 is a group of its own. With `--segment [--segmenter CKPT|brats:<algorithm>]` the downstream protocol
-(`infer.downstream`) runs too, and a second table per group gives the segmenter's Dice / NSD / HD95 per region
+(`infer.evaluate.downstream`) runs too, and a second table per group gives the segmenter's Dice / NSD / HD95 per region
 on the real cases and on the cases completed by the model and by each baseline. Inputs are symbolic links in `OUTPUT/inputs/without-<m>/` (either naming convention, as
 the cases come), predictions go to `OUTPUT/pred/without-<m>/` with QC pictures, per-case scores to
 `OUTPUT/per_case.csv`; the Markdown tables of the model card are printed and written to `OUTPUT/summary.md`.
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from infer import cli
-from infer.baselines import BASELINES
-from infer.cases import CaseFiles, case_naming, discover_cases, read_split
-from infer.downstream import REAL, Segmenter, downstream_source
-from infer.evaluate import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
+from infer.evaluate.baselines import BASELINES
+from infer.engine.cases import CaseFiles, case_naming, discover_cases, read_split
+from infer.evaluate.downstream import REAL, Segmenter, downstream_source
+from infer.evaluate.scoring import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
                             summarize, write_csv)
-from infer.intensity import background_vote, foreground
-from infer.tasks import BRASYN, BRATS_MODALITIES
+from infer.engine.intensity import background_vote, foreground
+from conventions.tasks import BRASYN, BRATS_MODALITIES
 
 TABLE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "psnr", "mae")
 SANITY: tuple[str, ...] = ("brain_zeros", "far_above")

@@ -4,8 +4,8 @@ brasyn (default): 240x240x155 at 1 mm in the BraTS LPS orientation, int16 like B
 with cortical grey matter, white matter, deep grey matter, ventricles and cortical veins, a glioma-like tumour
 (necrotic core, enhancing rim, oedema) with its `-seg` (1 NETC, 2 ED, 3 ET), per-modality tissue contrast
 modelled on real BraTS medians, per-sequence resolution, a smooth multiplicative bias field and Rician noise.
-mr2ct: paired head T1 MR and CT (`infer.head_sample`); us2mr: intra-operative ultrasound with the registered
-T2w and FLAIR (`infer.us_sample`). For demos and tests, not for science.
+mr2ct: paired head T1 MR and CT (`infer.phantoms.head`); us2mr: intra-operative ultrasound with the registered
+T2w and FLAIR (`infer.phantoms.ultrasound`). For demos and tests, not for science.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from infer.head_sample import make_head_case
-from infer.phantom import SEG_LABELS, TISSUES, SampleCase, render, smooth_noise, write_case
-from infer.tasks import BRATS_MODALITIES, TASKS
-from infer.us_sample import make_us_case
+from infer.phantoms.head import make_head_case
+from infer.phantoms.brain import SEG_LABELS, TISSUES, SampleCase, render, smooth_noise, write_case
+from conventions.tasks import BRATS_MODALITIES, TASKS
+from infer.phantoms.ultrasound import make_us_case
 
 SHAPE = (240, 240, 155)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])

@@ -19,36 +19,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from infer.tasks import Normalization, PercentileNorm, ScaleNorm, WindowNorm, ZScoreNorm, norm_from_json, norm_to_json
-from models.discriminator import DiscriminatorConfig, PatchDiscriminator
-from models.generator import GeneratorConfig, HFGANGenerator
-from models.generator3d import Generator3D, Generator3DConfig
-from models.refiner import Refiner3D, RefinerConfig
-from models.segmenter import SegmenterConfig, SliceSegmenter
-from models.segmenter3d import Segmenter3D, Segmenter3DConfig
-from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
+from conventions.normalization import Normalization, PercentileNorm, ScaleNorm, WindowNorm, ZScoreNorm, norm_from_json, norm_to_json
+from models.families import FAMILIES, FAMILY_OF_KIND, NETWORKS, Family
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
-    "generator": (HFGANGenerator, GeneratorConfig),
-    "discriminator": (PatchDiscriminator, DiscriminatorConfig),
-    "segmenter": (SliceSegmenter, SegmenterConfig),
-    "segmenter3d": (Segmenter3D, Segmenter3DConfig),
-    "refiner": (Refiner3D, RefinerConfig),
-    "generator3d": (Generator3D, Generator3DConfig),
-    "unet": (Pix2PixUNet, UNetConfig),
-    "multiscale_discriminator": (MultiScaleDiscriminator, MultiScaleConfig),
-}
-
-
 CONFIG_KEYS: dict[str, type] = {"kind": str, "task": str, "arch": dict, "modalities": list, "views": list,
-                                "normalization": dict, "provenance": dict}
-"""Top-level config.json entries and their JSON types; those after `modalities` may be left out."""
+                                "normalization": dict, "provenance": dict, "family": str}
+"""Top-level config.json entries and their JSON types; those after `modalities` may be left out, and `family`
+(written since families were recorded; older checkpoints' family follows from their kind)."""
 
-OPTIONAL_KEYS = ("views", "normalization", "provenance")
+OPTIONAL_KEYS = ("views", "normalization", "provenance", "family")
 
 JSON_TYPES = {str: "string", dict: "object", list: "array"}
 
@@ -143,6 +126,12 @@ def check_config(config: dict[str, Any]) -> None:
             raise CheckpointError(f"{key} must be a JSON {JSON_TYPES[json_type]}, got {config[key]!r}")
     if config["kind"] not in NETWORKS:
         raise CheckpointError(f"unknown network kind {config['kind']!r}; known: {', '.join(NETWORKS)}")
+    family = config.get("family", FAMILY_OF_KIND[config["kind"]])
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    if config["kind"] not in FAMILIES[family].networks:
+        raise CheckpointError(f"family {family} has no network kind {config['kind']!r} "
+                              f"(it has {', '.join(FAMILIES[family].networks)})")
     if not all(isinstance(name, str) for name in [*config["modalities"], *config.get("views", [])]):
         raise CheckpointError("modalities and views must be arrays of names")
     for modality, data in config.get("normalization", {}).items():
@@ -174,7 +163,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
         raise CheckpointError(f"meta says {meta.kind!r} but the model is a {kind_of(model)}")
     # clone: safetensors refuses tensors sharing memory (MONAI DynUNet registers its blocks twice)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    config = {"format_version": FORMAT_VERSION, "arch": asdict(model.config), **meta.to_json()}
+    config = {"format_version": FORMAT_VERSION, "family": FAMILY_OF_KIND[meta.kind], "arch": asdict(model.config),
+              **meta.to_json()}
     with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as tmp:
         tmp_weights = Path(tmp.name)
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
@@ -203,6 +193,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except CheckpointError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
     return config
+
+
+def family_of(config: dict[str, Any]) -> Family:
+    """The family of a checked config.json (`read_config`)."""
+    return FAMILIES[config.get("family", FAMILY_OF_KIND[config["kind"]])]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", kind: str | None = None) -> nn.Module:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infer.tasks import BRASYN, VIEWS
+from conventions.tasks import BRASYN, VIEWS
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
 

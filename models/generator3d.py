@@ -2,7 +2,7 @@
 
 Input: the M normalised modalities, every missing one overwritten with `fill_value` (so whatever a caller puts
 there cannot change the output), plus M one-hot planes naming the target; output: the target, normalised
-(linear). Trained on random 3D patches and run in overlapping windows (`infer.volumetric`).
+(linear). Trained on random 3D patches and run in overlapping windows (`infer.engine.patches`).
 """
 from __future__ import annotations
 

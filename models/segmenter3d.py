@@ -2,7 +2,7 @@
 coarse isotropic grid.
 
 Four modalities in (channel order = the checkpoint's modalities), one sigmoid logit per BraTS region out
-(overlapping ET, TC, WT, in `infer.regions.REGION_NAMES` order). The network runs on volumes down-sampled to
+(overlapping ET, TC, WT, in `conventions.regions.REGION_NAMES` order). The network runs on volumes down-sampled to
 `spacing_mm`; `infer.segment` resamples and normalises.
 """
 from __future__ import annotations

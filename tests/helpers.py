@@ -4,8 +4,8 @@ import numpy as np
 from torch import nn
 
 from infer.cli import main
-from infer.engine import EngineSettings
-from infer.tasks import BRASYN
+from infer.engine.slices import EngineSettings
+from conventions.tasks import BRASYN
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
 

@@ -2,7 +2,7 @@
 import json
 
 from infer.benchmark import main
-from infer.runner import STAGES
+from infer.engine.runner import STAGES
 
 from helpers import write_case
 

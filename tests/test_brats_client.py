@@ -10,7 +10,7 @@ from brats.core import brats_algorithm
 from brats.core.docker import _sanity_check_output
 
 from infer.cli import main
-from infer.tasks import BRATS_MODALITIES
+from conventions.tasks import BRATS_MODALITIES
 
 from helpers import AFFINE, SMALL_SHAPE, save_tiny_checkpoint, write_case
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from infer.tasks import BRASYN
+from conventions.tasks import BRASYN
 from models.checkpoint import CheckpointError, CheckpointMeta, load_model, save_checkpoint
 from models.convert import ConversionError, convert_state_dict, infer_config, main as convert_main
 from models.generator import GeneratorConfig, HFGANGenerator

@@ -10,9 +10,9 @@ import pytest
 
 from infer import cli
 from infer.cli import main
-from infer.intensity import background_vote, foreground
-from infer.qc import qc_centre
-from infer.tasks import BRASYN
+from infer.engine.intensity import background_vote, foreground
+from infer.engine.qc import qc_centre
+from conventions.tasks import BRASYN
 
 from helpers import AFFINE, SMALL_SHAPE, run_cli, save_tiny_checkpoint, snapshot, write_case
 

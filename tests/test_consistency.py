@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.evaluate import evaluate, format_summary
-from infer.metrics import image_metrics, percentile_normalize, slice_gradient_mae
+from infer.evaluate.scoring import evaluate, format_summary
+from infer.evaluate.metrics import image_metrics, percentile_normalize, slice_gradient_mae
 
 
 def smooth_volume(shape=(12, 10, 16), seed=0):

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from infer.head_sample import make_head_case
-from infer.phantom import SampleCase, write_case
-from infer.tasks import TASKS
-from infer.us_sample import make_us_case
+from infer.phantoms.head import make_head_case
+from infer.phantoms.brain import SampleCase, write_case
+from conventions.tasks import TASKS
+from infer.phantoms.ultrasound import make_us_case
 from models.checkpoint import CheckpointMeta, kind_of, read_config, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.unet import Pix2PixUNet, UNetConfig

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, EngineSettings, VolumePredictor, batch_input, \
+from infer.engine.slices import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, EngineSettings, VolumePredictor, batch_input, \
     batch_size_for_memory, normalize_inputs, padded_stack, resolve_settings
-from infer.geometry import pad_to_square, to_slices, with_context
-from infer.intensity import background_vote, denormalize, foreground, normalize
-from infer.tasks import BRASYN, VIEWS, TaskSpec, ZScoreNorm
+from infer.engine.geometry import pad_to_square, to_slices, with_context
+from infer.engine.intensity import background_vote, denormalize, foreground, normalize
+from conventions.normalization import ZScoreNorm
+from conventions.tasks import BRASYN, VIEWS, TaskSpec
 
 from helpers import CopyModel, settings_for, synthetic_volumes, tiny_generator, tiny_meta
 

@@ -10,11 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer import evaluate as ev
-from infer.baselines import COPY_SOURCE, copy_baseline, copy_source, mean_baseline
-from infer.intensity import denormalize, normalize
-from infer.metrics import IMAGE_METRICS
-from infer.tasks import BRASYN_NORMALIZATION, BRATS_MODALITIES
+from infer.evaluate import scoring as ev
+from infer.evaluate.cli import main as evaluate_main
+from infer.evaluate.baselines import COPY_SOURCE, copy_baseline, copy_source, mean_baseline
+from infer.engine.intensity import denormalize, normalize
+from infer.evaluate.metrics import IMAGE_METRICS
+from conventions.tasks import BRASYN_NORMALIZATION, BRATS_MODALITIES
 
 REAL_CASE = "BraTS-GLI-00000-000"
 SHAPE = (24, 26, 20)
@@ -109,7 +110,7 @@ def test_command_on_synthetic_folders(synthetic, tmp_path, capsys):
     bad = out / "BraTS-GLI-00001-000-t2w.nii.gz"
     bad.write_bytes(b"not a nifti file")
     csv_path, report = tmp_path / "res" / "per_case.csv", tmp_path / "res" / "report.md"
-    code = ev.main(["--pred", str(out), "--reference", str(ref), "--segmentations", str(segs), "--baselines",
+    code = evaluate_main(["--pred", str(out), "--reference", str(ref), "--segmentations", str(segs), "--baselines",
                     "--csv", str(csv_path), "--report", str(report), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
@@ -172,7 +173,7 @@ def test_summary_groups_by_tumour_type(synthetic):
 
 
 def test_in_memory_predictions_and_html_report(synthetic, tmp_path):
-    from infer.report import write_report
+    from infer.evaluate.report import write_report
 
     ref, _, _, data = synthetic
     case = "BraTS-GLI-00001-000"
@@ -198,7 +199,7 @@ def test_report_figures_go_into_a_folder_beside_the_report(synthetic, tmp_path, 
     warnings = []
     result = ev.evaluate(ref, out, progress=False, log=warnings.append)
     assert not any("qc" in w for w in warnings)
-    from infer.report import write_report
+    from infer.evaluate.report import write_report
 
     write_report(result, "report.html")
     assert sorted(p.name for p in workdir.iterdir()) == ["report.html", "report_files"]
@@ -211,19 +212,19 @@ def test_report_figures_go_into_a_folder_beside_the_report(synthetic, tmp_path, 
 @pytest.mark.parametrize("task", ["mr2ct", "us2mr"])
 def test_baselines_of_a_task_without_any_is_a_one_line_error(synthetic, capsys, task):
     ref, _, _, _ = synthetic
-    assert ev.main(["--task", task, "--reference", str(ref), "--baselines", "--no-progress"]) == 2
+    assert evaluate_main(["--task", task, "--reference", str(ref), "--baselines", "--no-progress"]) == 2
     assert capsys.readouterr().err == f"error: the baselines are BraTS ones; task {task} has none\n"
 
 
 def test_cli_errors(synthetic, monkeypatch, capsys, tmp_path):
     ref, out, _, _ = synthetic
-    assert ev.main(["--reference", str(ref), "--baselines", "--segment"]) == 2
+    assert evaluate_main(["--reference", str(ref), "--baselines", "--segment"]) == 2
     assert "--segment needs --pred" in capsys.readouterr().err
-    assert ev.main(["--pred", str(out), "--reference", str(ref), "--segment", "--segmenter", str(tmp_path)]) == 2
+    assert evaluate_main(["--pred", str(out), "--reference", str(ref), "--segment", "--segmenter", str(tmp_path)]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
-    assert ev.main(["--reference", str(ref)]) == 2  # nothing to evaluate
-    assert ev.main(["--reference", str(ref), "--baselines", "--report", str(tmp_path / "r.pdf")]) == 2
-    assert ev.main(["--reference", str(tmp_path / "nope"), "--baselines", "--no-progress"]) == 1
+    assert evaluate_main(["--reference", str(ref)]) == 2  # nothing to evaluate
+    assert evaluate_main(["--reference", str(ref), "--baselines", "--report", str(tmp_path / "r.pdf")]) == 2
+    assert evaluate_main(["--reference", str(tmp_path / "nope"), "--baselines", "--no-progress"]) == 1
     # A segmentation named <case>-seg.nii.gz is found too.
     segs = tmp_path / "segs2"
     case = "BraTS-GLI-00001-000"
@@ -254,7 +255,7 @@ def _run_real(brats_data: Path, tmp: Path, modalities: list[str]):
     (segs / f"{REAL_CASE}.nii.gz").symlink_to(case_dir / f"{REAL_CASE}-seg.nii.gz")
     csv_path, report = tmp / "per_case.csv", tmp / "report.html"
     t0 = time.perf_counter()
-    code = ev.main(["--pred", str(out), "--reference", str(brats_data), "--cases", REAL_CASE, "--baselines",
+    code = evaluate_main(["--pred", str(out), "--reference", str(brats_data), "--cases", REAL_CASE, "--baselines",
                     "--modalities", *modalities, "--segmentations", str(segs), "--csv", str(csv_path),
                     "--report", str(report), "--no-progress"])
     seconds = time.perf_counter() - t0

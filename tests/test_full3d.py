@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from infer.cli import main as infer_main
-from infer.intensity import background_vote
-from infer.tasks import BRASYN
+from infer.engine.intensity import background_vote
+from conventions.tasks import BRASYN
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
@@ -68,7 +68,7 @@ def full3d_run(brats_data, tmp_path_factory) -> Path:
             f"--data.cache_dir={root / 'cache'}", f"--run.output={root / 'run'}", "--run.device=cpu",
             "--run.progress=false", "--patch.size=[32,32,32]", "--patch.window_batch=4", "--train.steps=3",
             f"--model.generator3d={{features: {TINY_FEATURES}, norm_groups: 4}}"]
-    assert train_main(["full3d", *args]) == 0
+    assert train_main(["fit", *args]) == 0  # full3d.yaml names its family
     return root / "run"
 
 

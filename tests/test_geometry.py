@@ -3,11 +3,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.engine import VolumePredictor
-from infer.geometry import crop_from_square, from_slices, in_plane_shape, pad_amounts, pad_to_square, to_slices, \
+from infer.engine.slices import VolumePredictor
+from infer.engine.geometry import crop_from_square, from_slices, in_plane_shape, pad_amounts, pad_to_square, to_slices, \
     with_context
-from infer.intensity import background_vote, denormalize, foreground, normalize
-from infer.tasks import BRASYN, VIEWS
+from infer.engine.intensity import background_vote, denormalize, foreground, normalize
+from conventions.tasks import BRASYN, VIEWS
 
 from helpers import CopyModel, settings_for, synthetic_volumes
 

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from infer.intensity import background_vote, denormalize, foreground, normalize
-from infer.tasks import BRASYN_NORMALIZATION, PercentileNorm, WindowNorm, ZScoreNorm, norm_from_json, norm_to_json
+from infer.engine.intensity import background_vote, denormalize, foreground, normalize
+from conventions.normalization import PercentileNorm, WindowNorm, ZScoreNorm, norm_from_json, norm_to_json
+from conventions.tasks import BRASYN_NORMALIZATION
 
 
 def test_normalize_known_values():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-from infer.metrics import (
+from infer.evaluate.metrics import (
     IMAGE_METRICS,
     challenge_ssim,
     image_metrics,
@@ -17,7 +17,7 @@ from infer.metrics import (
     ssim,
     ssim_map,
 )
-from infer.regions import REGIONS, region_mask, tumour_mask
+from conventions.regions import REGIONS, region_mask, tumour_mask
 
 CASE = "BraTS-GLI-00000-000"
 

@@ -8,13 +8,14 @@ import pytest
 
 from helpers import CopyModel
 from infer.cli import main as infer_main
-from infer.engine import EngineSettings, VolumePredictor, resolve_settings
-from infer.evaluate import evaluate
-from infer.evaluate import main as evaluate_main
-from infer.head_sample import make_head_case
-from infer.intensity import denormalize, foreground, normalize
-from infer.phantom import write_case
-from infer.tasks import MR2CT, PercentileNorm, WindowNorm
+from infer.engine.slices import EngineSettings, VolumePredictor, resolve_settings
+from infer.evaluate.scoring import evaluate
+from infer.evaluate.cli import main as evaluate_main
+from infer.phantoms.head import make_head_case
+from infer.engine.intensity import denormalize, foreground, normalize
+from infer.phantoms.brain import write_case
+from conventions.normalization import PercentileNorm, WindowNorm
+from conventions.tasks import MR2CT
 from models.checkpoint import load_model
 from train.__main__ import main as train_main
 from train.curves import read_csv

@@ -6,13 +6,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer import evaluate as ev
-from infer.cases import CaseError, check_case, discover_cases, read_split
+from infer.evaluate import scoring as ev
+from infer.engine.cases import CaseError, check_case, discover_cases, read_split
 from infer.holdout import sanity_counts
-from infer.intensity import denormalize, normalize
-from infer.naming import BRATS_2018, BRATS_2023, naming_of_segmentation
-from infer.tasks import BRASYN, BRASYN_CASE_NORMALIZATION, ScaleNorm, norm_from_json, norm_to_json
-from train.cases import find_cases, load_case
+from infer.engine.intensity import denormalize, normalize
+from conventions.naming import BRATS_2018, BRATS_2023, naming_of_segmentation
+from conventions.normalization import ScaleNorm, norm_from_json, norm_to_json
+from conventions.tasks import BRASYN, BRASYN_CASE_NORMALIZATION
+from train.data.cases import find_cases, load_case
 from train.config import load_config
 from train.run import training_cases
 

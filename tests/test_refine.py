@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from infer.cli import main as infer_main
-from infer.engine import EngineSettings
-from infer.intensity import background_vote
-from infer.refine import REFINER_FOLDER, SlidingWindowRefiner, load_refiner, refiner_path
-from infer.tasks import BRASYN, ZScoreNorm
-from infer.volumetric import WindowSettings
+from infer.engine.slices import EngineSettings
+from infer.engine.intensity import background_vote
+from infer.engine.refine import REFINER_FOLDER, SlidingWindowRefiner, load_refiner, refiner_path
+from conventions.normalization import ZScoreNorm
+from conventions.tasks import BRASYN
+from infer.engine.patches import WindowSettings
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.refiner import Refiner3D, RefinerConfig
 from train.__main__ import main as train_main
 from train.config import VolumeConfig, load_config
-from train.volumes import VolumeCase
+from train.data.volumes import VolumeCase
 from train.volumetric import BrainL1SSIMLoss, PatchSampler, ssim3d_map
 
 CASE = "BraTS-GLI-00000-000"
@@ -97,7 +98,7 @@ def test_a_refiner_for_other_statistics_is_refused(tmp_path):
 
 
 def test_the_3d_ssim_loss_map_agrees_with_the_evaluation_ssim():
-    from infer.metrics import ssim_map
+    from infer.evaluate.metrics import ssim_map
 
     rng = np.random.default_rng(0)
     a, b = rng.uniform(size=(2, 20, 18, 16)).astype(np.float32)

@@ -7,11 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.cases import CaseError, discover_cases
-from infer.engine import EngineSettings, VolumePredictor
-from infer.runner import STAGES, overlapped, plan_case, read_inputs, run, synthesise, write_outputs
-from infer.tasks import BRASYN
-from infer.writer import write_nifti
+from infer.engine.cases import CaseError, discover_cases
+from infer.engine.slices import EngineSettings, VolumePredictor
+from infer.engine.runner import STAGES, overlapped, plan_case, read_inputs, run, synthesise, write_outputs
+from conventions.tasks import BRASYN
+from infer.engine.writer import write_nifti
 
 from helpers import AFFINE, SMALL_SHAPE, CopyModel, synthetic_volumes, write_case
 

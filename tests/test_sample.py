@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from infer.sample import AFFINE, SHAPE, main, make_case
-from infer.tasks import BRATS_MODALITIES
+from conventions.tasks import BRATS_MODALITIES
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.regions import labels_from_regions, regions_from_labels
-from infer.segment import coarse_inputs, coarse_shape, main as segment_main
+from conventions.regions import labels_from_regions, regions_from_labels
+from infer.engine.segmentation import coarse_inputs, coarse_shape
+from infer.segment import main as segment_main
 from models.checkpoint import load_model
 from train.config import load_config, VolumeConfig
-from train.segmenter3d import fit_segmenter3d
+from train.families.segmenter3d import fit_segmenter3d
 
 from helpers import AFFINE, save_tiny_checkpoint, snapshot, synthetic_volumes
 
@@ -110,14 +111,15 @@ def test_segment_refuses_a_generator_checkpoint(small_checkpoint, tmp_path, caps
 def test_downstream_protocol_in_the_evaluation(trained, tmp_path, capsys):
     """The three-way table: a perfect synthesis segments exactly as the real case; rows for the real case and
     each baseline completion; an old-layout reference read with 2023 labels."""
-    from infer import evaluate as ev
+    from infer.evaluate import scoring as ev
+    from infer.evaluate.cli import main as evaluate_main
 
     root, _ = trained
     _labelled_case(tmp_path / "ref" / "old", "old", 7, naming="2018")
     pred = tmp_path / "pred"
     pred.mkdir()
     (pred / "old_flair.nii.gz").symlink_to(tmp_path / "ref" / "old" / "old_flair.nii.gz")
-    code = ev.main(["--pred", str(pred), "--reference", str(tmp_path / "ref"), "--segment", "--segmenter",
+    code = evaluate_main(["--pred", str(pred), "--reference", str(tmp_path / "ref"), "--segment", "--segmenter",
                     str(root / "run" / "segmenter3d"), "--csv", str(tmp_path / "rows.csv"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "segmentation metrics" in out and "downstream_baseline_copy" in out
@@ -143,7 +145,8 @@ def test_brats_package_segmenter_through_its_own_api(tmp_path, monkeypatch):
     with only its container runner replaced by one that writes a known segmentation."""
     from brats.core import brats_algorithm
 
-    from infer import evaluate as ev
+    from infer.evaluate import scoring as ev
+    from infer.evaluate.cli import main as evaluate_main
     from infer.segment import brats_segmenter, load_segmenter
 
     seg = _labelled_case(tmp_path / "ref" / "old", "old", 7, naming="2018")
@@ -191,7 +194,8 @@ def test_holdout_with_the_downstream_protocol(trained, tmp_path, capsys):
 
 @pytest.mark.slow  # the bundled generator and segmenter on two full-size real cases: about 2 minutes
 def test_downstream_protocol_on_two_real_cases_with_the_bundled_models(brats18_data, tmp_path):
-    from infer import evaluate as ev
+    from infer.evaluate import scoring as ev
+    from infer.evaluate.cli import main as evaluate_main
     from infer.cli import main as infer_main
     from infer.segment import load_segmenter
 

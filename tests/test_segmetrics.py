@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from infer.segmetrics import image_diagonal_mm, mask_scores, seg_metric_names, segmentation_metrics
+from infer.evaluate.segmetrics import image_diagonal_mm, mask_scores, seg_metric_names, segmentation_metrics
 
 
 def _cube(lo, size=5, shape=(20, 20, 20)):

@@ -5,14 +5,23 @@ import pytest
 
 from models.generator import GeneratorConfig
 from train.__main__ import dotted_overrides
-from train.config import ConfigError, load_config
+from models.families import get_family, resolve
+from train.config import ConfigError, config_data, config_family, from_dict, load_config
 from train.loop import network_configs
 from train.schedule import scaled_lr, warmup_cosine
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 
 
-@pytest.mark.parametrize("name", ["axial", "sagittal", "multiview", "segmenter", "tiny"])
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_parses_with_its_familys_schema(path):
+    data = config_data(path)
+    family = get_family(config_family(data))
+    cfg = from_dict(resolve(family.schema), data)
+    assert cfg.model.family == family.name
+
+
+@pytest.mark.parametrize("name", ["axial", "sagittal", "multiview", "tiny"])
 def test_shipped_configs_load_and_build_network_configs(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     gen, disc = network_configs(cfg, 4)

@@ -5,13 +5,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.geometry import pad_to_square, to_slices, with_context
-from infer.intensity import normalize
-from infer.tasks import BRASYN, BRASYN_NORMALIZATION, VIEWS
-from train.cache import load_slabs
-from train.cases import find_cases, split_cases
-from train.sampler import ShardedBatches
-from train.slices import SliceDataset
+from infer.engine.geometry import pad_to_square, to_slices, with_context
+from infer.engine.intensity import normalize
+from conventions.tasks import BRASYN, BRASYN_NORMALIZATION, VIEWS
+from train.data.cache import load_slabs
+from train.data.cases import find_cases, split_cases
+from train.data.sampler import ShardedBatches
+from train.data.slices import SliceDataset
 
 VIEWS_USED = ["axial", "sagittal"]
 

@@ -1,4 +1,5 @@
 """End-to-end training on the real case (CPU, tiny networks): learning, checkpoints, inference, resume, DDP."""
+import json
 import math
 import os
 import socket
@@ -10,18 +11,19 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from infer.engine import VolumePredictor, resolve_settings
-from infer.tasks import BRASYN
+from infer.engine.slices import VolumePredictor, resolve_settings
+from conventions.tasks import BRASYN
 from models.checkpoint import load_model
 from models.generator import HFGANGenerator
 from models.segmenter import SliceSegmenter
 from train.__main__ import main
-from train.cases import find_cases, load_case
+from train.data.cases import find_cases, load_case
 from train.config import ConfigError, load_config
 from train.curves import read_csv
 from train.distributed import init_distributed, shutdown
 from train.loop import GanRun, fit
-from train.segmenter import fit_segmenter
+from train.families.segmenter import dice, fit_segmenter, validation_dice
+from train.run import build_data
 from train.state import STATE_FILE
 
 TINY = Path(__file__).resolve().parents[1] / "train" / "configs" / "tiny.yaml"
@@ -158,6 +160,13 @@ def test_segmenter_training_feeds_the_tversky_term(common, tmp_path):
     segmenter = load_model(seg_out / "segmenter", kind="segmenter")
     assert isinstance(segmenter, SliceSegmenter) and segmenter.config.filters == (8, 16, 32, 64)
     assert len(read_csv(seg_out / "log.csv")) == 3
+    assert json.loads((seg_out / "validation.json").read_text()) == {}  # the held-out case has no labels
+    data = build_data(tiny(common, seg_out), init_distributed("cpu"), context=0)
+    scores = validation_dice(segmenter, data.train_cases[:1], data.modalities, data.norms, data.fill,
+                             torch.device("cpu"), 16)
+    (case_scores,) = scores.values()
+    assert set(case_scores) == {"ET", "TC", "WT"} and all(0 <= v <= 1 for v in case_scores.values())
+    assert dice(3, 1, 2) == 6 / 9 and dice(0, 0, 0) == 1.0
     with pytest.raises(ConfigError, match="loss.segmenter"):
         fit(tiny(common, gan_out, "loss.tversky=5"))
     fit(tiny(common, gan_out, "loss.tversky=5", f"loss.segmenter={seg_out / 'segmenter'}", "train.max_steps=2",

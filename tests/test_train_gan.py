@@ -1,7 +1,7 @@
 """The GAN step's random draws: input masks and cycle targets."""
 import torch
 
-from train.gan import availability, cycle_target, step_generator
+from train.families.hfgan import availability, cycle_target, step_generator
 
 
 def test_three_available_by_default():

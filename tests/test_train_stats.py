@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from infer.cases import load_volume
-from infer.tasks import BRASYN, BRASYN_NORMALIZATION
+from infer.engine.cases import load_volume
+from conventions.tasks import BRASYN, BRASYN_NORMALIZATION
 from train.__main__ import main
-from train.cases import find_cases
+from train.data.cases import find_cases
 from train.config import load_config
 from train.run import normalization
-from train.stats import StreamingHistogram, dataset_statistics, load_stats
+from train.data.stats import StreamingHistogram, dataset_statistics, load_stats
 
 
 def test_statistics_match_numpy_on_the_real_cases(brats_data):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from helpers import CopyModel
-from infer.cases import CaseError, CaseFiles, check_case
+from infer.engine.cases import CaseError, CaseFiles, check_case
 from infer.cli import main as infer_main
-from infer.engine import EngineSettings, VolumePredictor
-from infer.intensity import foreground
-from infer.phantom import SampleCase, write_case
-from infer.tasks import US2MR
-from infer.us_sample import make_us_case
+from infer.engine.slices import EngineSettings, VolumePredictor
+from infer.engine.intensity import foreground
+from infer.phantoms.brain import SampleCase, write_case
+from conventions.tasks import US2MR
+from infer.phantoms.ultrasound import make_us_case
 from models.checkpoint import load_model
 from train.__main__ import main as train_main
 from train.curves import read_csv

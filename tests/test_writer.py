@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.interrupt import Interrupted, stop_on_signals
-from infer.writer import NAME_MAX, PARTIAL_NAME, atomic_path, partial_path, remove_partials, write_nifti
+from infer.engine.interrupt import Interrupted, stop_on_signals
+from infer.engine.writer import NAME_MAX, PARTIAL_NAME, atomic_path, partial_path, remove_partials, write_nifti
 
 from helpers import AFFINE, SMALL_SHAPE
 

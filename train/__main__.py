@@ -1,5 +1,9 @@
-"""Command line: `python -m train {stats,prepare,fit,segmenter,cache-volumes,refiner,full3d,segmenter3d} ...`
-(fit and segmenter also under torchrun; the volumetric commands take `train.config.VolumeConfig` files).
+"""Command line: `python -m train {stats,prepare,cache-volumes,fit,segmenter,refiner,full3d,segmenter3d} ...`.
+
+`fit --config C` trains the model family the config names (`model.family`, looked up in `models.families`,
+which names the family's config schema and trainer); `segmenter`, `refiner`, `full3d` and `segmenter3d` are
+`fit` for that family. `stats`, `prepare` and `cache-volumes` prepare data. fit (GAN families) and segmenter
+also run under torchrun.
 
 Config keys are overridden with `--set key.sub=value` (repeatable) or directly as `--key.sub=value` /
 `--key.sub value`; values are YAML (`0.001`, `[axial, sagittal]`, `null`).
@@ -7,29 +11,32 @@ Config keys are overridden with `--set key.sub=value` (repeatable) or directly a
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from infer.cases import CaseError
-from train.cache import load_slabs
-from train.cases import find_cases, get_task
-from train.config import Config, ConfigError, VolumeConfig, load_config
+from infer.engine.cases import CaseError
+from models.families import FAMILIES, get_family, resolve
+from train.data.cache import load_slabs
+from train.data.cases import find_cases, get_task
+from train.config import Config, ConfigError, VolumeConfig, config_data, config_family, from_dict, load_config
 from train.distributed import pick_device
-from train.generator3d import fit_generator3d
-from train.loop import fit
-from train.refiner import cache_generator_volumes, fit_refiner
+from train.families.refiner import cache_generator_volumes
 from train.run import normalization, now, training_cases
-from train.segmenter import fit_segmenter
-from train.segmenter3d import fit_segmenter3d
-from train.stats import dataset_statistics, save_stats
+from train.data.stats import dataset_statistics, save_stats
 
-VOLUME_COMMANDS: dict[str, str] = {
-    "cache-volumes": "cache the training cases and the frozen 2D generator's volumes (data.cache_dir)",
-    "refiner": "train the residual 3D refiner on the cached 2D generator volumes",
-    "full3d": "train the full-3D patch generator",
-    "segmenter3d": "train the 3D BraTS tumour segmenter (python -m infer.segment)",
-}
-RESUMABLE_VOLUME_COMMANDS: tuple[str, ...] = ("segmenter3d",)
+FAMILY_COMMANDS: tuple[str, ...] = ("segmenter", "refiner", "full3d", "segmenter3d")
+"""Commands that are `fit` for the family of the same name."""
+
+TRAINER_OPTIONS: tuple[str, ...] = ("resume", "stop_after", "export")
+"""Options of `fit` that a family's trainer receives when its signature declares them."""
+
+
+def _config_options(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--config", help=f"YAML config ({text}); defaults when omitted")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,29 +49,47 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--task", default="brasyn")
     stats.add_argument("--percentile", type=float, default=99.5)
     stats.add_argument("--no-progress", action="store_true")
-    for name, text in (("prepare", "prepare the slice cache (data.cache_dir) of the training cases"),
-                       ("fit", "train the generator and discriminator (GAN)"),
-                       ("segmenter", "train the slice segmenter used by the Tversky loss")):
+    _config_options(sub.add_parser("prepare", help="prepare the slice cache (data.cache_dir) of the training cases"),
+                    "train/configs/*.yaml")
+    _config_options(sub.add_parser("cache-volumes", help="cache the training cases and the frozen 2D generator's "
+                                                         "volumes (data.cache_dir) for the refiner"),
+                    "train/configs/refiner.yaml")
+    families = "; ".join(f"{f.name}: {f.description}" for f in FAMILIES.values())
+    commands = {"fit": f"train the model family the config names (model.family; {families})",
+                **{f: f"fit the {f} family: {FAMILIES[f].description}" for f in FAMILY_COMMANDS}}
+    for name, text in commands.items():
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", help="YAML config (train/configs/*.yaml); defaults when omitted")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
-        if name != "prepare":
-            p.add_argument("--resume", action="store_true", help="continue the run in run.output")
-            p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
-        if name == "fit":
-            p.add_argument("--export", action="store_true",
-                           help="write generator/ and discriminator/ from the run's latest state, without training")
-    for name, text in VOLUME_COMMANDS.items():
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--config", help="YAML config (train/configs/refiner.yaml, full3d.yaml, segmenter3d.yaml); "
-                                        "defaults when omitted")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
-        if name in RESUMABLE_VOLUME_COMMANDS:
-            p.add_argument("--resume", action="store_true", help="continue the run in run.output")
-            p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
+        _config_options(p, "train/configs/*.yaml")
+        p.add_argument("--resume", action="store_true", help="continue the run in run.output")
+        p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps in total")
+        p.add_argument("--export", action="store_true",
+                       help="write the final checkpoints from the run's latest resumable state, without training")
     return parser
+
+
+def run_fit(args: argparse.Namespace, overrides: Sequence[str]) -> Path:
+    """Train the family the config names (or the command's): its schema parses the config, its trainer runs with
+    the options it declares."""
+    data = config_data(args.config, overrides)
+    forced = args.command if args.command in FAMILY_COMMANDS else None
+    if forced is not None:
+        named = (data.get("model") or {}).get("family", forced) if isinstance(data.get("model"), dict) else forced
+        if named != forced:
+            raise ConfigError(f"the config trains the {named} family, not {forced}: use python -m train fit")
+        data = {**data, "model": {**(data.get("model") or {}), "family": forced}}
+    try:
+        family = get_family(config_family(data))
+    except ValueError as err:
+        raise ConfigError(f"model.family: {err}") from None
+    cfg = from_dict(resolve(family.schema), data)
+    trainer = resolve(family.trainer)
+    accepted = inspect.signature(trainer).parameters
+    options = {name: getattr(args, name) for name in TRAINER_OPTIONS}
+    unsupported = [name for name, value in options.items() if value not in (None, False) and name not in accepted]
+    if unsupported:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        raise ConfigError(f"the {family.name} trainer does not take {flags}")
+    return trainer(cfg, **{name: value for name, value in options.items() if name in accepted})
 
 
 def dotted_overrides(extra: Sequence[str]) -> list[str]:
@@ -102,18 +127,6 @@ def run_prepare(cfg: Config) -> None:
     print(f"{cfg.data.cache_dir}: {len(slabs)} case views ready")
 
 
-def run_volumetric(command: str, cfg: VolumeConfig, args: argparse.Namespace) -> None:
-    if command == "segmenter3d":
-        print(f"run folder: {fit_segmenter3d(cfg, args.resume, args.stop_after)}")
-    elif command == "cache-volumes":
-        cases, _ = cache_generator_volumes(cfg, pick_device(cfg.run.device, 0))
-        print(f"{cfg.data.cache_dir}: {len(cases)} case(s) with the generator's volumes ready")
-    elif command == "refiner":
-        print(f"run folder: {fit_refiner(cfg)}")
-    else:
-        print(f"run folder: {fit_generator3d(cfg)}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     try:
@@ -123,16 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_stats(args)
             return 0
         overrides = [*args.overrides, *dotted_overrides(extra)]
-        if args.command in VOLUME_COMMANDS:
-            run_volumetric(args.command, load_config(args.config, overrides, VolumeConfig), args)
-            return 0
-        cfg = load_config(args.config, overrides)
         if args.command == "prepare":
-            run_prepare(cfg)
-        elif args.command == "fit":
-            print(f"run folder: {fit(cfg, args.resume, args.stop_after, args.export)}")
+            run_prepare(load_config(args.config, overrides))
+        elif args.command == "cache-volumes":
+            cfg = load_config(args.config, overrides, VolumeConfig)
+            cases, _ = cache_generator_volumes(cfg, pick_device(cfg.run.device, 0))
+            print(f"{cfg.data.cache_dir}: {len(cases)} case(s) with the generator's volumes ready")
         else:
-            print(f"run folder: {fit_segmenter(cfg, args.resume, args.stop_after)}")
+            print(f"run folder: {run_fit(args, overrides)}")
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, CaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ class DataConfig:
     """Where the cases are and how they become slices.
 
     roots: BraTS-layout folders (one sub-folder per case, either naming convention). task: name in
-    `infer.tasks.TASKS` (modalities, file names, fallback statistics). normalization: "dataset" (z-score with
+    `conventions.tasks.TASKS` (modalities, file names, fallback statistics). normalization: "dataset" (z-score with
     `stats`, a JSON from `python -m train stats`, or the task's published statistics when None) or "case" (the
     task's per-case normalisation, `TaskSpec.case_normalization`).
     views: slicing views to train on. slice_size: square side slices are padded to (the inference rule).
@@ -60,8 +60,10 @@ class DataConfig:
 class ModelConfig:
     """The network family and the architecture keyword arguments of its `models.*Config` classes.
 
-    family: "hfgan" (HF-GAN generator + PatchGAN with modality head, `train.gan`) or "pix2pix" (U-Net +
-    multi-scale PatchGAN on (inputs, output) pairs, `train.pix2pix`; the task must have exactly one target).
+    family: the model family trained (`models.families`): "hfgan" (HF-GAN generator + PatchGAN with modality
+    head, `train.families.hfgan`), "pix2pix" (U-Net + multi-scale PatchGAN on (inputs, output) pairs,
+    `train.families.pix2pix`; the task must have exactly one target), both by the GAN loop `train.loop`, or
+    "segmenter" (the slice segmenter of the Tversky loss, `train.families.segmenter`).
     init: a generator checkpoint folder whose weights start the run (fine-tuning; same architecture), or None.
     """
 
@@ -75,7 +77,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     """Weights of the generator loss terms (0 = term off) and their settings. Each model family uses its own
-    terms (`train.gan.GENERATOR_TERMS`, `train.pix2pix.PIX2PIX_TERMS`); the other family's weights are unused.
+    terms (`train.families.hfgan.GENERATOR_TERMS`, `train.families.pix2pix.PIX2PIX_TERMS`); the other family's weights are unused.
 
     ssim_regions: SSIM loss regions averaged with equal weight: ["brain"] (whole) or ["healthy", "tumour"].
     segmenter: checkpoint folder of the frozen segmenter (needed when tversky > 0).
@@ -191,10 +193,12 @@ class VolumeDataConfig:
 
 @dataclass
 class VolumeModelConfig:
-    """generator: the frozen 2D generator checkpoint whose volumes a refiner corrects. refiner / generator3d /
-    segmenter3d: keyword arguments of `models.refiner.RefinerConfig` / `models.generator3d.Generator3DConfig` /
-    `models.segmenter3d.Segmenter3DConfig`."""
+    """family: the model family trained (`models.families`: refiner, full3d or segmenter3d), named by the config
+    file or by the command (`python -m train refiner` etc.). generator: the frozen 2D generator checkpoint whose
+    volumes a refiner corrects. refiner / generator3d / segmenter3d: keyword arguments of
+    `models.refiner.RefinerConfig` / `models.generator3d.Generator3DConfig` / `models.segmenter3d.Segmenter3DConfig`."""
 
+    family: str = ""
     generator: str | None = None
     refiner: dict[str, Any] = field(default_factory=dict)
     generator3d: dict[str, Any] = field(default_factory=dict)
@@ -206,7 +210,7 @@ class PatchConfig:
     """Training patches and the sliding window of inference (the checkpoint records the window).
 
     size: patch and window side per axis (X, Y, Z). overlap, blend, sigma_scale, window_batch: `overlap`,
-    `mode`, `sigma_scale` and `batch_size` of `infer.volumetric.WindowSettings`. tumour_fraction: share of the
+    `mode`, `sigma_scale` and `batch_size` of `infer.engine.patches.WindowSettings`. tumour_fraction: share of the
     patches centred on a tumour voxel (the 3D segmenter; the others are uniform).
     """
 
@@ -365,10 +369,24 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config) -> Any:
-    """Defaults <- YAML file (with its bases) <- `overrides` (KEY=VALUE strings, dotted keys), as a `schema`
-    (`Config`, or `VolumeConfig` for the volumetric models)."""
+def config_data(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """YAML file (with its bases) <- `overrides` (KEY=VALUE strings, dotted keys), as a dict."""
     data = read_yaml(path) if path is not None else {}
     for text in overrides:
         data = merge(data, parse_override(text))
-    return from_dict(schema, data)
+    return data
+
+
+def config_family(data: dict[str, Any]) -> str:
+    """The model family a config's dict names (`model.family`; "hfgan" when left out, as `ModelConfig`)."""
+    model = data.get("model") or {}
+    family = model.get("family", ModelConfig.family) if isinstance(model, dict) else None
+    if not isinstance(family, str):
+        raise ConfigError(f"model.family must be a family name, got {family!r}")
+    return family
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type = Config) -> Any:
+    """Defaults <- YAML file (with its bases) <- `overrides`, as a `schema` (`Config`, or `VolumeConfig` for the
+    volumetric models)."""
+    return from_dict(schema, config_data(path, overrides))

@@ -15,27 +15,34 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from infer.tasks import TaskSpec
-from models.checkpoint import CheckpointMeta, NETWORKS, kind_of, load_model, save_checkpoint
+from conventions.tasks import TaskSpec
+from models.checkpoint import CheckpointMeta, kind_of, load_model, save_checkpoint
+from models.families import FAMILIES
 from models.discriminator import DiscriminatorConfig
 from models.generator import GeneratorConfig
 from models.unet import MultiScaleConfig, UNetConfig
-from train.cases import get_task
+from train.data.cases import get_task
 from train.config import Config, ConfigError
 from train.curves import CsvLog, plot_curves
 from train.distributed import DistContext, barrier, init_distributed, mean_over_ranks, shutdown
-from train.gan import FeatureGenerator, GanModels, GanUpdate
-from train.pix2pix import Pix2PixModels, Pix2PixUpdate
+from train.families.hfgan import FeatureGenerator, GanModels, GanUpdate
+from train.families.pix2pix import Pix2PixModels, Pix2PixUpdate
 from train.run import RunData, build_data, image_size, make_loader, now, prepare_output, provenance, total_steps
-from train.sampler import ShardedBatches
+from train.data.sampler import ShardedBatches
 from train.schedule import scaled_lr, warmup_cosine
 from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
 from train.validate import engine_settings, plot_samples, validate, validation_plan
 
 
-FAMILIES: dict[str, tuple[str, str]] = {"hfgan": ("generator", "discriminator"),
-                                        "pix2pix": ("unet", "multiscale_discriminator")}
-"""Network kinds (`models.checkpoint.NETWORKS`) of each `model.family`: (generator, discriminator)."""
+GAN_FAMILIES: tuple[str, ...] = ("hfgan", "pix2pix")
+"""The families this loop trains (`models.families`: their first network is the generator, the second the
+discriminator)."""
+
+
+def gan_networks(family: str) -> tuple[tuple[str, type, type], tuple[str, type, type]]:
+    """(kind, network class, config class) of the generator and of the discriminator of a GAN family."""
+    (gen_kind, gen), (disc_kind, disc) = list(FAMILIES[family].networks.items())[:2]
+    return (gen_kind, *gen), (disc_kind, *disc)
 
 
 def network_configs(cfg: Config, modalities: int
@@ -43,17 +50,17 @@ def network_configs(cfg: Config, modalities: int
     """Generator and discriminator sizes from `model.*`; both take the sample size (`data.crop` or
     `data.slice_size`) and the number of modalities from the data (a Pix2Pix discriminator sees the inputs'
     centre slices and the output: `single_target`'s inputs plus one channel)."""
-    if cfg.model.family not in FAMILIES:
-        raise ConfigError(f"model.family must be one of {', '.join(FAMILIES)}, got {cfg.model.family!r}")
+    if cfg.model.family not in GAN_FAMILIES:
+        raise ConfigError(f"model.family must be one of {', '.join(GAN_FAMILIES)}, got {cfg.model.family!r}")
     size = image_size(cfg)
     if cfg.model.generator.get("image_size", size) != size:
         raise ConfigError(f"model.generator.image_size is set by the data (data.crop or data.slice_size: {size})")
-    gen_kind, disc_kind = FAMILIES[cfg.model.family]
+    (_, _, gen_config), (_, _, disc_config) = gan_networks(cfg.model.family)
     disc_sizes = {"image_size": size, "num_classes": modalities} if cfg.model.family == "hfgan" \
         else {"image_size": size, "in_channels": len(single_target(get_task(cfg.data.task))[1]) + 1}
     try:
-        gen = NETWORKS[gen_kind][1](**{**cfg.model.generator, "num_modalities": modalities, "image_size": size})
-        disc = NETWORKS[disc_kind][1](**{**cfg.model.discriminator, **disc_sizes})
+        gen = gen_config(**{**cfg.model.generator, "num_modalities": modalities, "image_size": size})
+        disc = disc_config(**{**cfg.model.discriminator, **disc_sizes})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from None
     return gen, disc
@@ -98,11 +105,11 @@ class GanRun:
         self.data: RunData = build_data(cfg, ctx, self.gen_cfg.context_slices)
         device = ctx.device
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        gen_kind, disc_kind = FAMILIES[cfg.model.family]
-        self.generator = NETWORKS[gen_kind][0](self.gen_cfg).to(device)
+        (gen_kind, generator, _), (_, discriminator, _) = gan_networks(cfg.model.family)
+        self.generator = generator(self.gen_cfg).to(device)
         if cfg.model.init and not resume:
             self._init_generator(cfg.model.init, gen_kind)
-        self.discriminator = NETWORKS[disc_kind][0](disc_cfg).to(device)
+        self.discriminator = discriminator(disc_cfg).to(device)
         self.pix2pix = cfg.model.family == "pix2pix"
         task = self.data.task
         self.targets = [task.modalities.index(m) for m in task.target_modalities]

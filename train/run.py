@@ -14,15 +14,16 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from infer.cases import read_split
-from infer.tasks import VIEWS, Normalization, TaskSpec, norm_to_json
-from train.cache import load_slabs
-from train.cases import TrainCase, find_cases, get_task, split_cases
+from infer.engine.cases import read_split
+from conventions.normalization import Normalization, norm_to_json
+from conventions.tasks import VIEWS, TaskSpec
+from train.data.cache import load_slabs
+from train.data.cases import TrainCase, find_cases, get_task, split_cases
 from train.config import Config, ConfigError
 from train.distributed import DistContext, barrier
-from train.sampler import ShardedBatches
-from train.slices import SliceDataset
-from train.stats import load_stats
+from train.data.sampler import ShardedBatches
+from train.data.slices import SliceDataset
+from train.data.stats import load_stats
 
 
 @dataclass

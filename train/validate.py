@@ -1,7 +1,7 @@
 """Validation on held-out cases through the real inference engine and the project's image metrics.
 
-Each held-out case is synthesised volume by volume with `infer.engine.VolumePredictor` (exactly what inference
-does) and scored with `infer.metrics.image_metrics` (brain-only SSIM of healthy tissue and tumour, challenge
+Each held-out case is synthesised volume by volume with `infer.engine.slices.VolumePredictor` (exactly what inference
+does) and scored with `infer.evaluate.metrics.image_metrics` (brain-only SSIM of healthy tissue and tumour, challenge
 SSIM, PSNR); the results are averaged over the cases, ignoring metrics a case cannot have (no segmentation).
 """
 from __future__ import annotations
@@ -15,10 +15,11 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer.engine import EngineSettings, VolumePredictor
-from infer.metrics import image_metrics, percentile_normalize
-from infer.tasks import Normalization, TaskSpec
-from train.cases import TrainCase, load_case
+from infer.engine.slices import EngineSettings, VolumePredictor
+from infer.evaluate.metrics import image_metrics, percentile_normalize
+from conventions.normalization import Normalization
+from conventions.tasks import TaskSpec
+from train.data.cases import TrainCase, load_case
 from train.curves import plt
 
 REPORTED = ("ssim_brain_healthy", "ssim_brain_tumour", "ssim_brain", "ssim_healthy", "ssim_tumour", "psnr")

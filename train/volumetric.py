@@ -1,5 +1,5 @@
 """Patch training of the volumetric models (3D refiner, full-3D generator): random 3D patches of the cached
-volumes (`train.volumes`), L1 + 3D SSIM over the brain, the training loop and what a run records."""
+volumes (`train.data.volumes`), L1 + 3D SSIM over the brain, the training loop and what a run records."""
 from __future__ import annotations
 
 import math
@@ -15,13 +15,13 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer.metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, gaussian_window
-from infer.volumetric import WINDOW_KEY, WindowSettings
+from infer.evaluate.metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, gaussian_window
+from infer.engine.patches import WINDOW_KEY, WindowSettings
 from train.config import ConfigError, VolumeConfig
 from train.curves import CsvLog, plot_curves
 from train.run import now
 from train.schedule import set_lr, warmup_cosine
-from train.volumes import VolumeCase
+from train.data.volumes import VolumeCase
 
 
 @dataclass
@@ -90,7 +90,7 @@ class PatchSampler:
 
 def ssim3d_map(pred: torch.Tensor, target: torch.Tensor, data_range: float, sigma: float = SSIM_SIGMA,
                k1: float = SSIM_K1, k2: float = SSIM_K2) -> torch.Tensor:
-    """Full-size 3D SSIM map of (B, 1, X, Y, Z) inputs: the Gaussian window of `infer.metrics` applied along
+    """Full-size 3D SSIM map of (B, 1, X, Y, Z) inputs: the Gaussian window of `infer.evaluate.metrics` applied along
     each axis in turn as a sum of shifted copies (a dense 11^3 kernel, or a depthwise conv3d, is slow on a CPU)
     on reflect-padded inputs."""
     taps = [float(w) for w in gaussian_window(sigma)]

@@ -1,0 +1,122 @@
+"""The registry of model families: the one place that says what a family is made of.
+
+A family names its networks (checkpoint kind -> network class and architecture dataclass; the first is the
+network inference runs, a GAN family's second is its discriminator), the config schema its training reads, its
+trainer and its inference predictor. Trainers and predictors live in `train/` and `infer/`, which sit above
+this package, so the registry names them ("package.module:attribute", as nnU-Net names trainer classes) and
+`resolve` imports them when they are used. A checkpoint's `config.json` names its family; `python -m train fit`
+and `python -m infer` look the family up here and nowhere else.
+
+Adding a family: its network module(s) in `models/`, its trainer in `train/families/`, its predictor in
+`infer/engine/` when no existing one fits, and one `Family` entry below (README: "Adding a model family").
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from models.generator import GeneratorConfig, HFGANGenerator
+from models.generator3d import Generator3D, Generator3DConfig
+from models.refiner import Refiner3D, RefinerConfig
+from models.segmenter import SegmenterConfig, SliceSegmenter
+from models.segmenter3d import Segmenter3D, Segmenter3DConfig
+from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
+
+Network = tuple[type[nn.Module], type]
+"""A network class and the dataclass of its architecture sizes (`cls(config_cls(**arch))` builds it)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family.
+
+    networks: checkpoint kind -> network; the first is the one inference runs. schema: the training config
+    dataclass ("module:Class"). trainer: "module:function" called as f(cfg, resume=..., stop_after=...,
+    export=...) with only the options it declares, returning the run folder. predictor: "module:function"
+    called as f(weights, task, options) returning the engine-facing predictor, or None for a family that only
+    serves another (a refiner, the loss's slice segmenter).
+    """
+
+    name: str
+    description: str
+    networks: Mapping[str, Network]
+    schema: str
+    trainer: str
+    predictor: str | None = None
+
+
+FAMILIES: dict[str, Family] = {}
+"""Every registered family by name."""
+
+NETWORKS: dict[str, Network] = {}
+"""Every checkpoint kind (network) of every family."""
+
+FAMILY_OF_KIND: dict[str, str] = {}
+"""The family each checkpoint kind belongs to (checkpoints written before families were recorded name only
+their kind)."""
+
+
+def register(family: Family) -> Family:
+    """Add `family` to the registry (a plug-in calls this too); ValueError when its name or one of its network
+    kinds is taken."""
+    taken = [kind for kind in family.networks if kind in NETWORKS]
+    if family.name in FAMILIES or taken or not family.networks:
+        raise ValueError(f"cannot register family {family.name!r}: name or network kinds "
+                         f"({', '.join(taken) or 'none given'}) already taken or empty")
+    FAMILIES[family.name] = family
+    for kind, network in family.networks.items():
+        NETWORKS[kind] = network
+        FAMILY_OF_KIND[kind] = family.name
+    return family
+
+
+def unregister(name: str) -> None:
+    """Remove family `name` and its network kinds from the registry."""
+    for kind in FAMILIES.pop(name).networks:
+        del NETWORKS[kind], FAMILY_OF_KIND[kind]
+
+
+BUILT_IN: tuple[Family, ...] = (
+    Family("hfgan", "HF-GAN slice generator (2D or 2.5D) with a PatchGAN discriminator and modality head",
+           {"generator": (HFGANGenerator, GeneratorConfig), "discriminator": (PatchDiscriminator, DiscriminatorConfig)},
+           schema="train.config:Config", trainer="train.loop:fit", predictor="infer.predictors:slice_predictor"),
+    Family("pix2pix", "Pix2Pix U-Net slice generator with a multi-scale PatchGAN on (inputs, output) pairs",
+           {"unet": (Pix2PixUNet, UNetConfig), "multiscale_discriminator": (MultiScaleDiscriminator, MultiScaleConfig)},
+           schema="train.config:Config", trainer="train.loop:fit", predictor="infer.predictors:slice_predictor"),
+    Family("refiner", "residual 3D refiner of a slice generator's stacked volume (run with --refine)",
+           {"refiner": (Refiner3D, RefinerConfig)},
+           schema="train.config:VolumeConfig", trainer="train.families.refiner:fit_refiner"),
+    Family("full3d", "full-3D patch generator run by sliding windows",
+           {"generator3d": (Generator3D, Generator3DConfig)},
+           schema="train.config:VolumeConfig", trainer="train.families.generator3d:fit_generator3d",
+           predictor="infer.predictors:patch_predictor"),
+    Family("segmenter", "2D slice tumour segmenter for the focal Tversky loss",
+           {"segmenter": (SliceSegmenter, SegmenterConfig)},
+           schema="train.config:Config", trainer="train.families.segmenter:fit_segmenter"),
+    Family("segmenter3d", "3D BraTS tumour segmenter (MONAI SegResNet) on a coarse grid",
+           {"segmenter3d": (Segmenter3D, Segmenter3DConfig)},
+           schema="train.config:VolumeConfig", trainer="train.families.segmenter3d:fit_segmenter3d",
+           predictor="infer.predictors:segmentation_predictor"),
+)
+"""The families of this repository, registered on import."""
+
+for _built_in in BUILT_IN:
+    register(_built_in)
+
+
+def get_family(name: str) -> Family:
+    """The registered family `name`; ValueError naming the known ones otherwise."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def resolve(reference: str) -> Any:
+    """The object a "package.module:attribute" reference names (imported on first use)."""
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
