@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from infer.engine import EngineSettings
-from infer.volumetric import WindowSettings, blended_pass, signal_box
+from infer.geometry import signal_box
+from infer.volumetric import WindowSettings, blended_pass
 from models.checkpoint import CONFIG_FILE, load_model
 
 REFINER_FOLDER = "refiner"

@@ -32,7 +32,8 @@ from infer.downstream import Segmenter
 from infer.engine import Timings, timed
 from infer.regions import labels_from_regions
 from infer.tasks import BRATS_MODALITIES
-from infer.volumetric import WindowSettings, signal_box
+from infer.geometry import signal_box
+from infer.volumetric import WindowSettings
 from models.checkpoint import load_model
 
 INPUT_SPACING_MM = 1.0

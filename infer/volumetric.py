@@ -22,6 +22,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from infer.engine import EngineSettings, input_foregrounds, normalize_inputs, to_output
+from infer.geometry import signal_box
 from infer.intensity import background_vote
 from infer.tasks import TaskSpec
 
@@ -61,18 +62,6 @@ class WindowSettings:
     def from_provenance(cls, provenance: Mapping[str, Any]) -> WindowSettings:
         """The settings a checkpoint recorded (the defaults for keys it lacks)."""
         return cls(**provenance.get(WINDOW_KEY, {}))
-
-
-def signal_box(inputs: np.ndarray, fill: float) -> tuple[slice, slice, slice]:
-    """Bounding box of the voxels where any channel of (C, X, Y, Z) differs from `fill` (all of it if none)."""
-    signal = (inputs != fill).any(axis=0)
-    if not signal.any():
-        return tuple(slice(0, n) for n in signal.shape)
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(signal.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def blended_pass(volume: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor], window: WindowSettings,
