@@ -17,6 +17,7 @@ import torch
 from infer.engine import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE, VolumePredictor, resolve_settings
 from infer.refine import NO_REFINER, REFINER_FOLDER, load_refiner, refiner_path
 from infer.interrupt import Interrupted, stop_on_signals
+from infer.precision import PRECISIONS
 from infer.runner import QC_FOLDER, printable, run
 from infer.segment import SegmentationPredictor
 from infer.tasks import TASKS, VIEWS, TaskSpec
@@ -100,6 +101,9 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help=f"slices per forward pass (default: {CPU_BATCH_SIZE} on a CPU; on a GPU as many as "
                              f"fit in {GPU_MEMORY_SHARE * 100:.0f}%% of its free memory, at most {GPU_BATCH_LIMIT})")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="slice generator arithmetic: auto = bf16 autocast on a GPU and on a CPU with native "
+                             "bf16 (AVX-512 BF16 or AMX), else fp32 (default: auto); the summary line says which ran")
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile (pays off on a GPU over many cases)")
     parser.add_argument("--compression-level", type=compression_level, default=DEFAULT_COMPRESSION_LEVEL,
@@ -141,6 +145,8 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec
     kind = read_config(weights).get("kind")
     if (kind == "segmenter3d") != (task.product is not None):
         raise SetupError(f"{weights}: a {kind} checkpoint does not serve task {task.name}")
+    if kind in ("segmenter3d", "generator3d") and args.precision == "bf16":
+        raise SetupError(f"--precision bf16 applies to slice generators; a {kind} runs in float32")
     if kind == "segmenter3d":
         if args.views or args.refine not in (None, NO_REFINER):
             raise SetupError("--views and --refine apply to slice generators, not to a segmenter")
@@ -161,7 +167,7 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec
     refiner = refiner_path(args.refine, weights)
     refine = None if refiner is None else load_refiner(refiner, settings, device)
     return VolumePredictor(model, settings, batch_size=args.batch_size, device=device, refine=refine, progress=True,
-                           compile=args.compile)
+                           compile=args.compile, precision=args.precision)
 
 
 def main(argv: Sequence[str] | None = None, fixed_task: TaskSpec | None = None) -> int:

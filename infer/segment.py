@@ -67,6 +67,9 @@ class SegmentationPredictor:
     """Tumour labels of a case from a "segmenter3d" checkpoint; `predict(volumes, target, timings)` as the
     engine's `VolumePredictor`, so the runner and the command line use it the same way."""
 
+    precision = "fp32"
+    """The segmenter runs in float32 (`--precision` applies to slice generators)."""
+
     def __init__(self, model: nn.Module, window: WindowSettings | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)

@@ -94,6 +94,9 @@ class PatchVolumePredictor:
     when given, replaces its windows per forward pass.
     """
 
+    precision = "fp32"
+    """Full-3D generators run in float32 (`--precision` applies to slice generators)."""
+
     def __init__(self, model: nn.Module, settings: EngineSettings, window: WindowSettings | None = None,
                  batch_size: int | None = None, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
