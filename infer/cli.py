@@ -107,7 +107,8 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile (pays off on a GPU over many cases)")
     parser.add_argument("--compression-level", type=compression_level, default=DEFAULT_COMPRESSION_LEVEL,
-                        metavar="L", help="gzip level of .nii.gz outputs, 0 (none, fastest) to 9 (smallest) "
+                        metavar="L", help="gzip level of .nii.gz outputs, 0 (none) to 9 (smallest); through ISA-L "
+                                          "when isal is installed, 1-3, 4-6 and 7-9 are its levels 1, 2 and 3 "
                                           f"(default: {DEFAULT_COMPRESSION_LEVEL})")
     parser.add_argument("--qc", action="store_true", help=f"also write a QC picture per case to OUT/{QC_FOLDER}/")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
