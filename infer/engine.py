@@ -301,7 +301,7 @@ class VolumePredictor:
             shape = inputs.shape[1:]
             self._check_fits(shape)
             background = background_vote(list(foregrounds.values()))
-            needed = {view: self._needed_slices(background, inputs, view) for view in settings.views}
+            needed = self._slices_to_compute(background, inputs)
             volume = self._to_device(inputs)
             available_t = torch.from_numpy(available).to(device)
             synthesis = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -323,13 +323,14 @@ class VolumePredictor:
                 result = self.refine(result, inputs, target_index)
             return to_output(result, background, settings.normalization[target], settings)
 
-    def _needed_slices(self, background: np.ndarray, inputs: np.ndarray, view: str) -> np.ndarray:
-        """The slices of `view` to compute: all of them without `skip_background`, else `needed_slices` (with
+    def _slices_to_compute(self, background: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Per view, the slices to compute: all of them without `skip_background`, else `needed_slices` (with
         the refinement hook's `signal_box` when there is a hook)."""
+        views = self.settings.views
         if not self.skip_background:
-            return np.arange(background.shape[view_axis(view)])
+            return {view: np.arange(background.shape[view_axis(view)]) for view in views}
         reads = None if self.refine is None else signal_box(inputs, self.settings.fill)
-        return needed_slices(background, view, reads)
+        return {view: needed_slices(background, view, reads) for view in views}
 
     def _check_fits(self, shape: tuple[int, int, int]) -> None:
         """ValueError when the slices of some view through a volume of `shape` exceed the model's input and the
