@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.input.is_dir():
         print(f"error: input folder {args.input} does not exist", file=sys.stderr)
         return 2
+    if not GPU_TESTS.is_file():
+        print(f"error: {GPU_TESTS} is missing: run the GPU check from a checkout of the repository", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     cases = args.input.resolve()
     with tempfile.TemporaryDirectory(prefix="brainsyn-gpucheck-") as scratch:
