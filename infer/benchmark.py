@@ -5,7 +5,10 @@ Runs the command line's own runner and `VolumePredictor` on N BraTS-sized cases 
 each stage, the end-to-end seconds per case, the throughput and the peak memory, then checks the targets:
 end to end at most 1.10 x the model forward, and N cases at most 1.05 N x one case (timed first, warm).
 `--memory-check A,B` instead runs A and then B cases, each in a fresh process, and checks that the peak RSS for B
-is within 10% of that for A. The weights are random unless `--weights` is given: speed does not depend on them.
+is within 10% of that for A. `--compare` instead times, per view in one run, the engine as it was (float32, every
+slice computed) against its defaults (background slices skipped, `--precision auto`) and prints the ratios of
+their end-to-end and forward seconds per case, with the brain SSIM and PSNR of the new outputs against the old.
+The weights are random unless `--weights` is given: speed does not depend on them (quality does).
 """
 from __future__ import annotations
 
@@ -30,10 +33,13 @@ from torch import nn
 
 from infer.engine.cases import discover_cases
 from infer.cli import SetupError, compression_level, parse_views, pick_device, positive_int
-from infer.engine.slices import VolumePredictor, resolve_settings
-from infer.engine.runner import STAGES, run
 from conventions.tasks import BRASYN
+from infer.engine.compression import BACKENDS
+from infer.engine.precision import PRECISIONS
+from infer.engine.runner import STAGES, run
+from infer.engine.slices import VolumePredictor, resolve_settings
 from infer.engine.writer import DEFAULT_COMPRESSION_LEVEL
+from infer.evaluate.metrics import image_metrics
 from models.checkpoint import CheckpointMeta, load_model
 from models.generator import GeneratorConfig, HFGANGenerator
 
@@ -46,6 +52,14 @@ THROUGHPUT_LIMIT = 1.05
 """Target: N cases take at most this multiple of N x one case."""
 MEMORY_LIMIT = 1.10
 """Target of --memory-check: the peak RSS of the larger run at most this multiple of the smaller one's."""
+
+COMPARED = {"fp32, every slice": {"precision": "fp32", "skip_background": False},
+            "defaults": {"precision": "auto", "skip_background": True}}
+"""The two engine configurations of --compare, the reference first (`VolumePredictor` options)."""
+CPU_SPEED_TARGETS = {"sagittal": 0.35, "axial": 0.55}
+"""Targets of --compare on a CPU with native bf16 (full-size model, real cases): end to end at most this ratio."""
+SSIM_TARGET = 0.995
+"""Target of --compare: brain SSIM of the new outputs against the float32 ones at least this, on every case."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,12 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression-level", type=compression_level, default=DEFAULT_COMPRESSION_LEVEL,
                         metavar="L", help=f"gzip level of the outputs (default: {DEFAULT_COMPRESSION_LEVEL})")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="(default: auto)")
     parser.add_argument("--no-overlap", action="store_true",
                         help="read, compute and write one case after another (no reader and writer threads)")
     parser.add_argument("--workdir", type=Path, metavar="DIR",
                         help="folder for the cases and outputs (default: a temporary folder, removed afterwards)")
-    parser.add_argument("--memory-check", type=parse_counts, metavar="A,B",
-                        help="run A and B cases in fresh processes and compare their peak RSS")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--memory-check", type=parse_counts, metavar="A,B",
+                      help="run A and B cases in fresh processes and compare their peak RSS")
+    mode.add_argument("--compare", action="store_true",
+                      help="per view: float32 with every slice computed against the defaults (background slices "
+                           "skipped, --precision auto), as ratios")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
     return parser
 
@@ -153,7 +172,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     device = pick_device(args.device)
     model = load_model(args.weights, kind="generator") if args.weights else random_generator(args.model)
     predictor = VolumePredictor(model, resolve_settings(BRASYN, model, args.views), batch_size=args.batch_size,
-                                device=device, compile=args.compile)
+                                device=device, compile=args.compile, precision=args.precision)
     prepare_cases(workdir / "in", args.cases, args.drop, args.input, workdir / "generated")
     first = sorted((workdir / "in").iterdir())[0]
     (workdir / "one").mkdir()
@@ -168,7 +187,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "cases": args.cases, "shape": nib.load(next(first.iterdir())).shape, "device": str(device),
         "threads": torch.get_num_threads(), "model": "checkpoint" if args.weights else args.model,
         "parameters": sum(p.numel() for p in model.parameters()), "views": list(args.views),
-        "batch_size": predictor.batch_size, "compression_level": args.compression_level, "compile": args.compile,
+        "batch_size": predictor.batch_size, "compression_level": args.compression_level, "gzip": BACKENDS[0],
+        "precision": predictor.precision, "compile": args.compile,
         "overlap": not args.no_overlap, "seconds": seconds, "one_case_seconds": one_case,
         "stage_median_seconds": {s: statistics.median(t.get(s, 0.0) for t in timings) for s in STAGES},
         "peak_rss_bytes": peak_rss_bytes(), "load_average": [load_before, os.getloadavg()[0]],
@@ -181,8 +201,9 @@ def report(figures: dict[str, Any]) -> None:
     n, seconds, medians = figures["cases"], figures["seconds"], figures["stage_median_seconds"]
     print(f"{n} case(s) of {'x'.join(map(str, figures['shape']))}, {figures['model']} generator "
           f"({figures['parameters'] / 1e6:.1f} M parameters), views {','.join(figures['views'])}, batch "
-          f"{figures['batch_size']}, {figures['device']} ({figures['threads']} threads), gzip level "
-          f"{figures['compression_level']}, compile {'on' if figures['compile'] else 'off'}, overlap "
+          f"{figures['batch_size']}, {figures['device']} ({figures['threads']} threads), {figures['precision']}, "
+          f"gzip level {figures['compression_level']} ({figures['gzip']}), compile "
+          f"{'on' if figures['compile'] else 'off'}, overlap "
           f"{'on' if figures['overlap'] else 'off'}; 1-minute load average {figures['load_average'][0]:.1f} "
           f"before, {figures['load_average'][1]:.1f} after")
     print(f"{'stage':<36}{'median s/case':>14}")
@@ -202,11 +223,71 @@ def report(figures: dict[str, Any]) -> None:
           f"{verdict(ratio <= limit)}")
 
 
+def compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """--compare: per view, the N cases through each of `COMPARED` (warmed up first), then the ratios of the
+    second to the first and the lowest brain SSIM and PSNR of its outputs against the first's."""
+    device = pick_device(args.device)
+    model = load_model(args.weights, kind="generator") if args.weights else random_generator(args.model)
+    prepare_cases(workdir / "in", args.cases, args.drop, args.input, workdir / "generated")
+    views: dict[str, Any] = {}
+    for view in args.views:
+        runs, outputs = {}, []
+        for name, options in COMPARED.items():
+            predictor = VolumePredictor(model, resolve_settings(BRASYN, model, (view,)), batch_size=args.batch_size,
+                                        device=device, compile=args.compile, **options)
+            warm_up(predictor)
+            outputs.append(workdir / f"out-{view}-{len(outputs)}")
+            seconds, timings = timed_run(predictor, workdir / "in", outputs[-1], args)
+            runs[name] = {"precision": predictor.precision, "skip_background": predictor.skip_background,
+                          "batch_size": predictor.batch_size, "seconds_per_case": seconds / args.cases,
+                          "forward_seconds_per_case": statistics.mean(t.get("forward", 0.0) for t in timings)}
+        old, new = runs.values()
+        scores = [image_metrics(nib.load(path).get_fdata(dtype=np.float32),
+                                nib.load(outputs[0] / path.name).get_fdata(dtype=np.float32))
+                  for path in sorted(outputs[1].iterdir())]
+        views[view] = {"runs": runs,
+                       "end_to_end_ratio": new["seconds_per_case"] / old["seconds_per_case"],
+                       "forward_ratio": new["forward_seconds_per_case"] / old["forward_seconds_per_case"],
+                       "min_ssim_brain": min(s["ssim_brain"] for s in scores),
+                       "min_psnr": min(s["psnr"] for s in scores)}
+    return {"cases": args.cases, "device": str(device), "threads": torch.get_num_threads(),
+            "model": "checkpoint" if args.weights else args.model,
+            "parameters": sum(p.numel() for p in model.parameters()), "compression_level": args.compression_level,
+            "gzip": BACKENDS[0], "compile": args.compile, "views": views}
+
+
+def report_comparison(figures: dict[str, Any]) -> None:
+    """Print the --compare table: per view, seconds per case of each configuration and the ratios."""
+    reference, candidate = COMPARED
+    print(f"{figures['cases']} case(s), {figures['model']} generator ({figures['parameters'] / 1e6:.1f} M "
+          f"parameters), {figures['device']} ({figures['threads']} threads), gzip level "
+          f"{figures['compression_level']} ({figures['gzip']}), compile {'on' if figures['compile'] else 'off'}: "
+          f"{reference} against {candidate} (background slices skipped, --precision auto)")
+    print(f"{'view':<10}{'precision':>10}{'s/case before':>15}{'s/case after':>14}{'end to end':>12}"
+          f"{'forward':>10}{'brain SSIM':>12}{'PSNR dB':>9}")
+    for view, row in figures["views"].items():
+        old, new = (row["runs"][name] for name in COMPARED)
+        print(f"{view:<10}{new['precision']:>10}{old['seconds_per_case']:>15.3f}{new['seconds_per_case']:>14.3f}"
+              f"{row['end_to_end_ratio']:>11.3f}x{row['forward_ratio']:>9.3f}x{row['min_ssim_brain']:>12.4f}"
+              f"{row['min_psnr']:>9.1f}")
+    print("ratios: after / before (lower is faster); brain SSIM and PSNR: the lowest over the cases, outputs "
+          "after against before")
+    for view, row in figures["views"].items():
+        ssim = row["min_ssim_brain"]
+        print(f"target: {view} brain SSIM after against before = {ssim:.4f} (at least {SSIM_TARGET}): "
+              f"{verdict(ssim >= SSIM_TARGET)}")
+        if view in CPU_SPEED_TARGETS and figures["device"] == "cpu" and row["runs"][candidate]["precision"] == "bf16":
+            ratio, limit = row["end_to_end_ratio"], CPU_SPEED_TARGETS[view]
+            print(f"target: {view} end to end after / before = {ratio:.3f} (limit {limit:.2f} on a CPU with native "
+                  f"bf16, full-size model): {verdict(ratio <= limit)}")
+
+
 def child_argv(args: argparse.Namespace, count: int, cases: Path, result: Path) -> list[str]:
     """The command line of one --memory-check run: the same options on `count` of the prepared `cases`."""
     argv = [sys.executable, "-m", "infer.benchmark", "--cases", str(count), "--input", str(cases), "--json",
             str(result), "--drop", args.drop, "--model", args.model, "--views", ",".join(args.views),
-            "--device", args.device, "--compression-level", str(args.compression_level)]
+            "--device", args.device, "--compression-level", str(args.compression_level), "--precision",
+            args.precision]
     if args.weights:
         argv += ["--weights", str(args.weights)]
     if args.batch_size:
@@ -239,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.memory_check:
             figures = memory_check(args, workdir)
+        elif args.compare:
+            figures = compare(args, workdir)
+            report_comparison(figures)
         else:
             figures = benchmark(args, workdir)
             report(figures)

@@ -16,6 +16,7 @@ import torch
 
 from conventions.tasks import TASKS, VIEWS, TaskSpec
 from infer.engine.interrupt import Interrupted, stop_on_signals
+from infer.engine.precision import PRECISIONS
 from infer.engine.refine import REFINER_FOLDER
 from infer.engine.runner import QC_FOLDER, printable, run
 from infer.engine.slices import CPU_BATCH_SIZE, GPU_BATCH_LIMIT, GPU_MEMORY_SHARE
@@ -95,10 +96,14 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help=f"slices per forward pass (default: {CPU_BATCH_SIZE} on a CPU; on a GPU as many as "
                              f"fit in {GPU_MEMORY_SHARE * 100:.0f}%% of its free memory, at most {GPU_BATCH_LIMIT})")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="slice generator arithmetic: auto = bf16 autocast on a GPU and on a CPU with native "
+                             "bf16 (AVX-512 BF16 or AMX), else fp32 (default: auto); the summary line says which ran")
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile (pays off on a GPU over many cases)")
     parser.add_argument("--compression-level", type=compression_level, default=DEFAULT_COMPRESSION_LEVEL,
-                        metavar="L", help="gzip level of .nii.gz outputs, 0 (none, fastest) to 9 (smallest) "
+                        metavar="L", help="gzip level of .nii.gz outputs, 0 (none) to 9 (smallest); through ISA-L "
+                                          "when isal is installed, 1-3, 4-6 and 7-9 are its levels 1, 2 and 3 "
                                           f"(default: {DEFAULT_COMPRESSION_LEVEL})")
     parser.add_argument("--qc", action="store_true", help=f"also write a QC picture per case to OUT/{QC_FOLDER}/")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
@@ -127,7 +132,7 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec) -> Predictor:
     """The predictor of the checkpoint's family (`models.families`), with task defaults, checkpoint settings
     and command-line options combined."""
     options = PredictorOptions(device=pick_device(args.device), views=args.views, refine=args.refine,
-                               batch_size=args.batch_size, compile=args.compile)
+                               batch_size=args.batch_size, compile=args.compile, precision=args.precision)
     return predictor_for(args.weights or default_weights(task), task, options)
 
 

@@ -43,6 +43,7 @@ class PredictorOptions:
     refine: str | None = None
     batch_size: int | None = None
     compile: bool = False
+    precision: str = "auto"
 
 
 def build_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) -> Predictor:
@@ -60,6 +61,8 @@ def build_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) ->
 def _no_slice_options(options: PredictorOptions, what: str) -> None:
     if options.views or options.refine not in (None, NO_REFINER):
         raise SetupError(f"--views and --refine apply to slice generators, not to {what}")
+    if options.precision == "bf16":
+        raise SetupError(f"--precision bf16 applies to slice generators; {what} runs in float32")
 
 
 def _synthesis_task(weights: Path, task: TaskSpec, what: str) -> None:
@@ -79,7 +82,7 @@ def slice_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) ->
     refiner = refiner_path(options.refine, weights)
     refine = None if refiner is None else load_refiner(refiner, settings, options.device)
     return VolumePredictor(model, settings, batch_size=options.batch_size, device=options.device, refine=refine,
-                           progress=True, compile=options.compile)
+                           progress=True, compile=options.compile, precision=options.precision)
 
 
 def patch_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) -> PatchVolumePredictor:

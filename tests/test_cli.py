@@ -203,6 +203,16 @@ def test_compression_level_reaches_the_outputs(small_checkpoint, tmp_path, capsy
     assert "expected a gzip level from 0 (none) to 9 (smallest)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, native, ran", [("auto", True, "bf16"), ("auto", False, "fp32"),
+                                                 ("fp32", True, "fp32"), ("bf16", False, "bf16")])
+def test_the_summary_says_which_precision_ran(small_checkpoint, tmp_path, monkeypatch, capsys, option, native, ran):
+    monkeypatch.setattr("infer.engine.precision.cpu_has_native_bf16", lambda: native)
+    write_case(tmp_path / "in", "a")
+    assert run_cli(tmp_path / "in", tmp_path / "out", small_checkpoint, "--precision", option) == 0
+    err = capsys.readouterr().err
+    assert "1 written" in err and f"cases/s, precision {ran})\n" in err
+
+
 def test_cuda_requested_without_cuda(small_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
     write_case(tmp_path / "in", "a")
@@ -215,5 +225,6 @@ def test_help_through_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "infer", "--help"], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     for option in ("--task", "--input IN", "--output OUT", "--weights CKPT", "--views", "--device", "--batch-size N",
-                   "--compile", "--compression-level L", "--qc", "--shard I/N", "--overwrite"):
+                   "--compile", "--precision {auto,fp32,bf16}", "--compression-level L", "--qc", "--shard I/N",
+                   "--overwrite"):
         assert option in result.stdout

@@ -123,7 +123,9 @@ def test_cannot_synthesise_an_available_modality():
         VolumePredictor(CopyModel(source=0), settings_for(("axial",))).predict(synthetic_volumes((4, 4, 4)), "t1c")
 
 
-def test_bf16_autocast_only_on_gpu(monkeypatch):
+@pytest.mark.parametrize("precision, native, enabled", [("auto", False, False), ("auto", True, True),
+                                                         ("fp32", True, False), ("bf16", False, True)])
+def test_bf16_autocast_follows_the_precision(monkeypatch, precision, native, enabled):
     entered = []
     real_autocast = torch.autocast
 
@@ -132,9 +134,22 @@ def test_bf16_autocast_only_on_gpu(monkeypatch):
         return real_autocast(device_type, dtype=dtype, enabled=enabled)
 
     monkeypatch.setattr(torch, "autocast", spy)
-    VolumePredictor(CopyModel(source=0), settings_for(("axial",), image_size=16)).predict(
-        synthetic_volumes((8, 8, 2)), "t1n")
-    assert entered == [("cpu", torch.bfloat16, False)]
+    monkeypatch.setattr("infer.engine.precision.cpu_has_native_bf16", lambda: native)
+    predictor = VolumePredictor(CopyModel(source=0), settings_for(("axial",), image_size=16), precision=precision)
+    predictor.predict(synthetic_volumes((8, 8, 2)), "t1n")
+    assert entered == [("cpu", torch.bfloat16, enabled)]
+    assert predictor.precision == ("bf16" if enabled else "fp32")
+
+
+def test_bf16_output_is_float32_and_near_fp32():
+    torch.manual_seed(0)
+    model = with_meta(tiny_generator())
+    settings = resolve_settings(BRASYN, model, ("axial",))
+    volumes = synthetic_volumes((20, 18, 10))
+    outputs = {p: VolumePredictor(model, settings, precision=p).predict(volumes, "t1n") for p in ("fp32", "bf16")}
+    assert outputs["bf16"].dtype == np.float32 and not np.array_equal(outputs["bf16"], outputs["fp32"])
+    difference = np.abs(outputs["bf16"] - outputs["fp32"]) / BRASYN.normalization["t1n"].std  # normalised units
+    assert difference.mean() < 0.01 and difference.max() < 0.1
 
 
 def test_inference_runs_in_eval_and_inference_mode():
@@ -157,9 +172,9 @@ def test_batches_from_the_padded_stack_equal_context_then_padding(view, k):
     volume = np.random.default_rng(k).normal(size=(3, 9, 6, 5)).astype(np.float32)  # (M, X, Y, Z)
     slices = to_slices(volume, view)
     stack = padded_stack(torch.from_numpy(volume), view, 12, k, -1.0)
-    for start, stop in ((0, 2), (1, len(slices))):
-        expected = pad_to_square(with_context(slices, np.arange(start, stop), k, -1.0), 12, -1.0)
-        np.testing.assert_array_equal(batch_input(stack, start, stop, k).numpy(), expected)
+    for indices in (np.arange(0, 2), np.arange(1, len(slices)), np.array([0, 2, len(slices) - 1])):
+        expected = pad_to_square(with_context(slices, indices, k, -1.0), 12, -1.0)
+        np.testing.assert_array_equal(batch_input(stack, indices, k).numpy(), expected)
 
 
 def test_default_batch_sizes():

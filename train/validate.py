@@ -68,8 +68,9 @@ def _picture_slice(reference: np.ndarray, seg: np.ndarray | None) -> int:
 def validate(generator: nn.Module, task: TaskSpec, settings: EngineSettings, plan: Sequence[tuple[TrainCase, str]],
              device: str, batch_size: int, progress: bool = True) -> tuple[dict[str, float], list[Sample]]:
     """Mean `REPORTED` metrics over `plan` and one picture per volume; the generator is left in train().
-    Each target is synthesised from the inputs `task` gives it."""
-    predictor = VolumePredictor(generator, settings, batch_size=batch_size, device=device)
+    Each target is synthesised from the inputs `task` gives it, in float32 (figures independent of the machine's
+    bf16 support)."""
+    predictor = VolumePredictor(generator, settings, batch_size=batch_size, device=device, precision="fp32")
     scores: dict[str, list[float]] = {k: [] for k in REPORTED}
     samples = []
     try:

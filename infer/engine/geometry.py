@@ -84,3 +84,15 @@ def with_context(slices: np.ndarray, index: np.ndarray, k: int, value: float) ->
     out = slices[np.clip(neighbours, 0, n - 1)]  # (B, 2k+1, M, H, W), a copy
     out[(neighbours < 0) | (neighbours >= n)] = value
     return out.transpose(0, 2, 1, 3, 4).reshape(len(neighbours), m * (2 * k + 1), h, w)
+
+
+def signal_box(inputs: np.ndarray, fill: float) -> tuple[slice, slice, slice]:
+    """Bounding box of the voxels where any channel of (C, X, Y, Z) differs from `fill` (all of it if none)."""
+    signal = (inputs != fill).any(axis=0)
+    if not signal.any():
+        return tuple(slice(0, n) for n in signal.shape)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(signal.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)

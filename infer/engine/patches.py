@@ -21,9 +21,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from infer.engine.slices import EngineSettings, input_foregrounds, normalize_inputs, to_output
-from infer.engine.intensity import background_vote
 from conventions.tasks import TaskSpec
+from infer.engine.geometry import signal_box
+from infer.engine.intensity import background_vote
+from infer.engine.slices import EngineSettings, input_foregrounds, normalize_inputs, to_output
 
 WINDOW_KEY = "sliding_window"
 """Key of a checkpoint's `provenance` holding its `WindowSettings` (written by training)."""
@@ -63,18 +64,6 @@ class WindowSettings:
         return cls(**provenance.get(WINDOW_KEY, {}))
 
 
-def signal_box(inputs: np.ndarray, fill: float) -> tuple[slice, slice, slice]:
-    """Bounding box of the voxels where any channel of (C, X, Y, Z) differs from `fill` (all of it if none)."""
-    signal = (inputs != fill).any(axis=0)
-    if not signal.any():
-        return tuple(slice(0, n) for n in signal.shape)
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(signal.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def blended_pass(volume: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor], window: WindowSettings,
                  fill: float) -> torch.Tensor:
     """`network` over (1, C, X, Y, Z) in overlapping windows, the outputs blended: (1, C', X, Y, Z)."""
@@ -104,6 +93,9 @@ class PatchVolumePredictor:
     torch.inference_mode. window: see `WindowSettings` (by default, what the checkpoint recorded); batch_size,
     when given, replaces its windows per forward pass.
     """
+
+    precision = "fp32"
+    """Full-3D generators run in float32 (`--precision` applies to slice generators)."""
 
     def __init__(self, model: nn.Module, settings: EngineSettings, window: WindowSettings | None = None,
                  batch_size: int | None = None, device: str | torch.device = "cpu") -> None:

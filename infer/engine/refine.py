@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from infer.engine.geometry import signal_box
+from infer.engine.patches import WindowSettings, blended_pass
 from infer.engine.slices import EngineSettings
-from infer.engine.patches import WindowSettings, blended_pass, signal_box
 from models.checkpoint import CONFIG_FILE, load_model
 
 REFINER_FOLDER = "refiner"

@@ -51,8 +51,8 @@ Stored = TypeVar("Stored")
 
 @dataclass
 class RunSummary:
-    """What a run did: cases written, skipped (outputs already there), failed (one line each), wall time, and
-    the stage seconds of each written case in case order."""
+    """What a run did: cases written, skipped (outputs already there), failed (one line each), wall time, the
+    stage seconds of each written case in case order, and the precision the model ran in (when known)."""
 
     cases: int = 0
     written: int = 0
@@ -60,6 +60,7 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timings: list[Timings] = field(default_factory=list)
+    precision: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,8 +68,9 @@ class RunSummary:
 
     def line(self) -> str:
         rate = self.cases / self.seconds if self.seconds > 0 else 0.0
+        precision = f", precision {self.precision}" if self.precision else ""
         return (f"{self.cases} case(s): {self.written} written, {self.skipped} skipped (output exists), "
-                f"{len(self.failed)} failed in {self.seconds:.1f} s ({rate:.2f} cases/s)")
+                f"{len(self.failed)} failed in {self.seconds:.1f} s ({rate:.2f} cases/s{precision})")
 
 
 def select_shard(cases: Sequence[CaseFiles], index: int, count: int) -> list[CaseFiles]:
@@ -297,7 +299,8 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
         pending_writes: int = 1) -> RunSummary:
     """Process every case of this shard; problems are reported and counted, never raised (except setup ones).
 
-    prefetch / pending_writes: see `overlapped` (0 and 0 process the cases one after another).
+    prefetch / pending_writes: see `overlapped` (0 and 0 process the cases one after another). The summary's
+    precision is the predictor's `precision` attribute, when it has one.
     """
     check_folders(input_dir, output_dir)
     found = discover_cases(input_dir, task)
@@ -324,7 +327,7 @@ def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePred
     def store(job: CaseJob | None) -> CaseJob | None:
         return None if job is None else write_outputs(job, task, output_dir, qc, compression_level)
 
-    summary = RunSummary(cases=len(cases))
+    summary = RunSummary(cases=len(cases), precision=getattr(predictor, "precision", None))
     start = time.perf_counter()
     with closing(overlapped(cases, load, compute, store, prefetch, pending_writes)) as outcomes:
         for case, outcome in tqdm(outcomes, total=len(cases), desc=task.name, unit="case", disable=not progress):

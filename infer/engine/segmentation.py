@@ -20,7 +20,8 @@ from monai.transforms import NormalizeIntensity
 from torch import nn
 
 from conventions.regions import labels_from_regions
-from infer.engine.patches import WindowSettings, signal_box
+from infer.engine.geometry import signal_box
+from infer.engine.patches import WindowSettings
 from infer.engine.slices import Timings, timed
 
 INPUT_SPACING_MM = 1.0
@@ -53,6 +54,9 @@ def coarse_regions(regions: np.ndarray, box: tuple[slice, slice, slice], spacing
 class SegmentationPredictor:
     """Tumour labels of a case from a "segmenter3d" checkpoint; `predict(volumes, target, timings)` as the
     engine's `VolumePredictor`, so the runner and the command line use it the same way."""
+
+    precision = "fp32"
+    """The segmenter runs in float32 (`--precision` applies to slice generators)."""
 
     def __init__(self, model: nn.Module, window: WindowSettings | None = None,
                  device: str | torch.device = "cpu") -> None:

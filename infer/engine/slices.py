@@ -3,10 +3,16 @@
 Pipeline of `VolumePredictor.predict`: normalise the available inputs with the checkpoint's statistics (missing
 ones filled with background) and move them to the device once (pinned memory, non-blocking on a GPU) -> for
 each view: a padded stack of its slices on the device (square padding, plus k background slices at each end
-for the 2.5D context), batches gathered from it by indexing, the slice generator (bf16 autocast and
+for the 2.5D context), batches gathered from it by indexing, the slice generator (bf16 autocast by `--precision`,
 channels-last input on a GPU), crop -> voxel-wise mean over the (distinct) views, copied back to the host once ->
 optional 3D refinement hook -> denormalise to output units -> background where the inputs' majority vote says
-background. Arrays are float32 throughout.
+background. Arrays are float32 throughout (the generator's output is cast to float32 at once).
+
+Slices whose every voxel the vote calls background are not computed (`needed_slices`): they are filled with the
+normalised background, which the output overwrites with `output_background` anyway, so the output is the same
+as computing them (bit for bit at batch size 1; re-batching moves float32 results by about 1e-6). With a
+refinement hook, the slices it reads (the bounding box of the inputs' signal) are computed too, so it sees the
+same synthesis as without skipping.
 
 Views are averaged in normalised space, so the refinement hook sees the multi-view volume; denormalisation is
 affine apart from its clamp at 0, so this equals averaging the denormalised views wherever neither is clamped.
@@ -25,16 +31,18 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm.auto import tqdm
 
-from infer.engine.geometry import bounding_box, crop_from_square, in_plane_shape, pad_amounts, view_axis
-from infer.engine.intensity import background_vote, denormalize, foreground, normalize
 from conventions.normalization import Normalization
 from conventions.tasks import VIEWS, TaskSpec
+from infer.engine.geometry import bounding_box, crop_from_square, in_plane_shape, pad_amounts, signal_box, view_axis
+from infer.engine.intensity import background_vote, denormalize, foreground, normalize
+from infer.engine.precision import resolve_precision
 
 Refiner = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 """3D refinement hook: refine(synthesis (X, Y, Z), inputs (M, X, Y, Z), target index) -> synthesis (X, Y, Z).
 
 All arrays are normalised (missing inputs filled with background); it runs after the views are averaged and
-before denormalisation.
+before denormalisation. It may read the synthesis inside the `signal_box` of the inputs only (and must leave it
+as it is outside), as `infer.engine.refine.SlidingWindowRefiner` does.
 """
 
 Timings = dict[str, float]
@@ -201,15 +209,29 @@ def padded_stack(volume: torch.Tensor, view: str, size: int, k: int, fill: float
     return stack
 
 
-def batch_input(stack: torch.Tensor, start: int, stop: int, k: int,
+def needed_slices(background: np.ndarray, view: str, reads: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """Ascending indices of the slices of `view` through an (X, Y, Z) volume that hold a voxel outside the
+    output's `background`, or that cross the box `reads` (the voxels a refinement hook reads)."""
+    axis = view_axis(view)
+    needed = (~background).any(axis=tuple(a for a in range(3) if a != axis))
+    if reads is not None:
+        needed[reads[axis]] = True
+    return np.flatnonzero(needed)
+
+
+def batch_input(stack: torch.Tensor, indices: np.ndarray, k: int,
                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Generator input (B, M*(2k+1), S, S) for slices start..stop-1 of a `padded_stack`, in `memory_format`
-    (a view of `stack`, no copy, for 2D slices in the contiguous format).
+    """Generator input (B, M*(2k+1), S, S) for the slices `indices` (ascending) of a `padded_stack`, in
+    `memory_format` (a view of `stack`, no copy, for consecutive 2D slices in the contiguous format).
 
     Channels are modality-major, as `infer.engine.geometry.with_context` orders them: modality m's slices i-k .. i+k
     are channels m*(2k+1) .. m*(2k+1)+2k.
     """
-    window = stack[start:stop + 2 * k].unfold(0, 2 * k + 1, 1)  # (B, M, S, S, 2k+1): window[b, ..., j] = slice b+j
+    first, last = int(indices[0]), int(indices[-1])
+    if last - first + 1 == len(indices):  # consecutive: (B, M, S, S, 2k+1), window[b, ..., j] = slice first+b+j
+        window = stack[first:last + 1 + 2 * k].unfold(0, 2 * k + 1, 1)
+    else:
+        window = stack.unfold(0, 2 * k + 1, 1)[torch.as_tensor(indices, device=stack.device)]
     return window.movedim(-1, 2).flatten(1, 2).contiguous(memory_format=memory_format)
 
 
@@ -217,19 +239,23 @@ class VolumePredictor:
     """Synthesises a missing volume from the available ones with a slice generator.
 
     model(x, available, target, view) -> (B, 1, S, S) as in `models.generator.HFGANGenerator`; it is put in
-    eval() and run under torch.inference_mode, with bf16 autocast and channels-last input on a GPU only (on a
-    CPU, PyTorch's channels-last GroupNorm loses float32 precision on near-constant inputs).
+    eval() and run under torch.inference_mode, with channels-last input on a GPU only (on a CPU, PyTorch's
+    channels-last GroupNorm loses float32 precision on near-constant inputs).
     batch_size: slices per forward pass; by default `CPU_BATCH_SIZE` on a CPU, and on a GPU as many as fit in
     `GPU_MEMORY_SHARE` of the free memory (measured with one slice). compile: run the model through
-    torch.compile (the first batches of each shape pay for the compilation).
+    torch.compile (the first batches of each shape pay for the compilation). precision: "auto", "fp32" or
+    "bf16" (`infer.engine.precision`); `self.precision` is the one that runs. skip_background: leave out the slices
+    whose output is all background (see the module's docstring).
     """
 
     def __init__(self, model: nn.Module, settings: EngineSettings, batch_size: int | None = None,
                  device: str | torch.device = "cpu", refine: Refiner | None = None, progress: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, precision: str = "auto", skip_background: bool = True) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.skip_background = skip_background
         self.model = model.to(self.device).eval()
         on_gpu = self.device.type == "cuda"
         self.memory_format = torch.channels_last if on_gpu else torch.contiguous_format
@@ -276,17 +302,18 @@ class VolumePredictor:
             shape = inputs.shape[1:]
             self._check_fits(shape)
             background = background_vote(list(foregrounds.values()))
+            needed = self._slices_to_compute(background, inputs)
             volume = self._to_device(inputs)
             available_t = torch.from_numpy(available).to(device)
             synthesis = torch.zeros(shape, dtype=torch.float32, device=device)
-        n_batches = sum(math.ceil(shape[view_axis(v)] / self.batch_size) for v in settings.views)
+        n_batches = sum(math.ceil(len(indices) / self.batch_size) for indices in needed.values())
         with tqdm(total=n_batches, desc="slice batches", unit="batch", leave=False,
                   disable=not self.progress or n_batches < LARGE_CASE_BATCHES) as bar:
             for view in settings.views:
                 with timed(timings, "preprocess", device):
                     stack = padded_stack(volume, view, settings.image_size, settings.context_slices, settings.fill)
                 with timed(timings, "forward", device):
-                    slices = self._generate_view(stack, available_t, target_index, view, bar.update)
+                    slices = self._generate_view(stack, needed[view], available_t, target_index, view, bar.update)
                 with timed(timings, "postprocess", device):
                     synthesis += crop_from_square(slices, in_plane_shape(shape, view)).movedim(0, view_axis(view))
                 del stack, slices
@@ -296,6 +323,15 @@ class VolumePredictor:
             if self.refine is not None:
                 result = self.refine(result, inputs, target_index)
             return to_output(result, background, settings.normalization[target], settings)
+
+    def _slices_to_compute(self, background: np.ndarray, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Per view, the slices to compute: all of them without `skip_background`, else `needed_slices` (with
+        the refinement hook's `signal_box` when there is a hook)."""
+        views = self.settings.views
+        if not self.skip_background:
+            return {view: np.arange(background.shape[view_axis(view)]) for view in views}
+        reads = None if self.refine is None else signal_box(inputs, self.settings.fill)
+        return {view: needed_slices(background, view, reads) for view in views}
 
     def _check_fits(self, shape: tuple[int, int, int]) -> None:
         """ValueError when the slices of some view through a volume of `shape` exceed the model's input and the
@@ -325,16 +361,17 @@ class VolumePredictor:
         torch.cuda.current_stream(self.device).synchronize()
         return host.numpy()
 
-    def _generate_view(self, stack: torch.Tensor, available: torch.Tensor, target: int, view: str,
-                       on_batch: Callable[[], object]) -> torch.Tensor:
-        """Normalised synthesis (N, S, S) of every slice of a `padded_stack` of `view`, in batches."""
+    def _generate_view(self, stack: torch.Tensor, indices: np.ndarray, available: torch.Tensor, target: int,
+                       view: str, on_batch: Callable[[], object]) -> torch.Tensor:
+        """Normalised synthesis (N, S, S) of the slices `indices` of a `padded_stack` of `view`, in batches; the
+        other slices hold the normalised background."""
         k = self.settings.context_slices
         n = len(stack) - 2 * k
-        out = torch.empty((n, *stack.shape[2:]), dtype=torch.float32, device=stack.device)
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            x = batch_input(stack, start, stop, k, self.memory_format)
-            out[start:stop] = self._windows(x, available, target, view)[:, 0]
+        out = torch.full((n, *stack.shape[2:]), self.settings.fill, dtype=torch.float32, device=stack.device)
+        for start in range(0, len(indices), self.batch_size):
+            batch = indices[start:start + self.batch_size]
+            x = batch_input(stack, batch, k, self.memory_format)
+            out[torch.as_tensor(batch, device=stack.device)] = self._windows(x, available, target, view)[:, 0]
             on_batch()
         return out
 
@@ -349,14 +386,16 @@ class VolumePredictor:
                                         available=available, target=target, view=view)
 
     def _generate(self, x: torch.Tensor, available: torch.Tensor, target: int, view: str) -> torch.Tensor:
-        """The generator on one batch `x`; `available` is the (M,) mask of the case."""
+        """The generator on one batch `x` (float32 out, whatever the precision); `available` is the (M,) mask of
+        the case."""
         b, device = len(x), x.device
         target_t = torch.full((b,), target, dtype=torch.long, device=device)
         view_t = None
         if self.settings.view_embedding:
             view_t = torch.full((b,), VIEWS.index(view), dtype=torch.long, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return self.forward(x, available.expand(b, -1), target_t, view_t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.forward(x, available.expand(b, -1), target_t, view_t)
+        return out.float()
 
     @torch.inference_mode()
     def _gpu_batch_size(self) -> int:

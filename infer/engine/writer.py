@@ -7,7 +7,6 @@ run left behind and no live writer holds. A stop signal (`infer.engine.interrupt
 from __future__ import annotations
 
 import fcntl
-import gzip
 import os
 import re
 import uuid
@@ -19,10 +18,12 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
+from infer.engine.compression import gzip_writer
 from infer.engine.interrupt import check_stop
 
 DEFAULT_COMPRESSION_LEVEL = 1
-"""gzip level of `.gz` outputs: 1 writes a BraTS output in about a tenth of a second, barely larger than at 9."""
+"""gzip level of `.gz` outputs: 1 writes a float32 BraTS output in 0.02 s through ISA-L (0.2 s through zlib),
+barely larger than at 9 (`infer.engine.compression`)."""
 
 NAME_MAX = 255
 """Longest file name (bytes) on the usual Linux file systems."""
@@ -92,17 +93,15 @@ class _Abandonable:
 
 @contextmanager
 def open_for_writing(path: Path, compression_level: int, gzipped: bool) -> Iterator[BinaryIO]:
-    """A binary stream onto `path`, gzip at `compression_level` (0-9) when `gzipped`, that stops at a stop signal.
-
-    The gzip header holds neither a file name nor a time, so equal contents give equal files.
-    """
+    """A binary stream onto `path`, gzip at `compression_level` (0-9) when `gzipped` (`infer.engine.compression`: the
+    fastest implementation installed, deterministic headers), that stops at a stop signal."""
     if not 0 <= compression_level <= 9:
         raise ValueError(f"compression level must be 0 to 9, got {compression_level}")
     with open(path, "wb") as raw:
         if not gzipped:
             yield _Abandonable(raw)
             return
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=compression_level, fileobj=raw, mtime=0) as stream:
+        with gzip_writer(raw, compression_level) as stream:
             yield _Abandonable(stream)
 
 

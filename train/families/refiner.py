@@ -39,8 +39,8 @@ def cache_generator_volumes(cfg: VolumeConfig, device: torch.device) -> tuple[li
     # The whole volume, not the task's crop (us2mr): the cache keeps the box of every modality's foreground.
     settings = replace(resolve_settings(task, generator), crop_to=None)
     capture = Capture()
-    volumes = GeneratorVolumes(VolumePredictor(generator, settings, device=device, refine=capture), capture,
-                               weights_sha256(cfg.model.generator), task.target_modalities,
+    predictor = VolumePredictor(generator, settings, device=device, refine=capture, precision="fp32")
+    volumes = GeneratorVolumes(predictor, capture, weights_sha256(cfg.model.generator), task.target_modalities,
                                {t: task.inputs_for(t) for t in task.target_modalities})
     train_cases, _ = training_cases(cfg, task)
     cases = cache_volumes(train_cases, settings.modalities, settings.normalization, cfg.data.cache_dir, volumes,
