@@ -32,6 +32,7 @@ from infer.evaluate.downstream import REAL, Segmenter, downstream_source
 from infer.evaluate.scoring import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
                             summarize, write_csv)
 from infer.engine.intensity import background_vote, foreground
+from infer.engine.precision import PRECISIONS
 from conventions.tasks import BRASYN, BRATS_MODALITIES
 
 TABLE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "psnr", "mae")
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="work and result folder")
     p.add_argument("--views", help="views to run (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="arithmetic of the synthesis (default fp32: figures that do not depend on the machine's "
+                        "bf16 support; python -m infer defaults to auto)")
     p.add_argument("--segment", action="store_true", help="also run the downstream segmentation protocol")
     p.add_argument("--segmenter", help="segmenter for --segment (default: the bundled weights/segment)")
     return p
@@ -183,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs, preds = out / "inputs" / f"without-{modality}", out / "pred" / f"without-{modality}"
         link_inputs(cases, modality, inputs)
         argv_run = ["--task", "brasyn", "--input", str(inputs), "--output", str(preds), "--qc", "--overwrite",
-                    "--device", args.device]
+                    "--device", args.device, "--precision", args.precision]
         argv_run += ["--weights", str(args.weights)] if args.weights else []
         argv_run += ["--views", args.views] if args.views else []
         if cli.main(argv_run) != 0:
@@ -203,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += result.rows
     write_csv(rows, out / "per_case.csv", columns=[*CSV_COLUMNS, *SANITY])
     names = {g: [f.name for f in folders] for g, folders in groups.items()}
-    text = markdown_tables(rows, names) + "\n" + downstream_tables(rows, names)
+    text = (f"Synthesis precision: {args.precision}.\n\n" + markdown_tables(rows, names) + "\n"
+            + downstream_tables(rows, names))
     (out / "summary.md").write_text(text)
     print(text)
     return 0
