@@ -3,7 +3,7 @@
 A factory takes the checkpoint folder, the task and the command line's `PredictorOptions` and returns an object
 with `predict(volumes, target, timings)` that the runner drives: the slice engine (`infer.engine.slices`) for
 slice generators, sliding windows for full-3D generators (`infer.engine.patches`), the 3D segmentation
-predictor (`infer.engine.segmentation`). A new family whose network runs like one of these reuses its factory;
+predictor (`infer.engine.segmentation`), TISS-Net's joint synthesis and segmentation (`infer.engine.tissnet`). A new family whose network runs like one of these reuses its factory;
 otherwise its factory goes here.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from infer.engine.patches import PatchVolumePredictor, patch_settings
 from infer.engine.refine import NO_REFINER, load_refiner, refiner_path
 from infer.engine.segmentation import SegmentationPredictor
 from infer.engine.slices import Timings, VolumePredictor, resolve_settings
+from infer.engine.tissnet import TissNetPredictor, checkpoint_target, tissnet_settings
 from models.checkpoint import family_of, load_model, read_config
 from models.families import resolve
 
@@ -100,3 +101,17 @@ def segmentation_predictor(weights: Path, task: TaskSpec, options: PredictorOpti
         raise SetupError(f"{weights}: a segmenter does not serve task {task.name}")
     _no_slice_options(options, "a segmenter")
     return SegmentationPredictor(load_model(weights, device=options.device), device=options.device)
+
+
+def tissnet_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) -> TissNetPredictor:
+    """TISS-Net: the target its checkpoint declares, with the fine whole-tumour mask
+    (`predict_with_segmentation`)."""
+    _synthesis_task(weights, task, "TISS-Net")
+    _no_slice_options(options, "TISS-Net")
+    model = load_model(weights, device=options.device)
+    try:
+        target = checkpoint_target(model, task)
+    except ValueError as err:
+        raise SetupError(f"{weights}: {err}") from None
+    return TissNetPredictor(model, tissnet_settings(task, model), target, batch_size=options.batch_size,
+                            device=options.device)

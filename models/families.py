@@ -25,6 +25,8 @@ from models.generator3d import Generator3D, Generator3DConfig
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
 from models.segmenter3d import Segmenter3D, Segmenter3DConfig
+from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
+                            TissNetDiscriminators)
 from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
 
 Network = tuple[type[nn.Module], type]
@@ -102,6 +104,11 @@ BUILT_IN: tuple[Family, ...] = (
            {"segmenter3d": (Segmenter3D, Segmenter3DConfig)},
            schema="train.config:VolumeConfig", trainer="train.families.segmenter3d:fit_segmenter3d",
            predictor="infer.predictors:segmentation_predictor"),
+    Family("tissnet", "TISS-Net: 2.5D joint synthesis of one missing modality and whole-tumour segmentation",
+           {"tissnet": (TissNet, TissNetConfig), "tissnet_discriminators": (TissNetDiscriminators, PatchGANConfig),
+            "tissnet_perceptual": (PerceptualSegmenter, PerceptualConfig)},
+           schema="train.families.tissnet:TissNetTrainingConfig", trainer="train.families.tissnet:fit_tissnet",
+           predictor="infer.predictors:tissnet_predictor"),
 )
 """The families of this repository, registered on import."""
 
