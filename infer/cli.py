@@ -105,6 +105,10 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
                         metavar="L", help="gzip level of .nii.gz outputs, 0 (none) to 9 (smallest); through ISA-L "
                                           "when isal is installed, 1-3, 4-6 and 7-9 are its levels 1, 2 and 3 "
                                           f"(default: {DEFAULT_COMPRESSION_LEVEL})")
+    parser.add_argument("--segmentation-output", type=Path, metavar="DIR",
+                        help="also write each case's whole-tumour mask as DIR/<case>-seg.nii.gz (uint8 0/1, the "
+                             "synthesis's header), for a checkpoint that segments (TISS-Net); DIR must lie outside "
+                             "IN and OUT (never inside a BraTS container's /output)")
     parser.add_argument("--qc", action="store_true", help=f"also write a QC picture per case to OUT/{QC_FOLDER}/")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                         help="process only shard I of N: case i of the sorted list goes to shard i %% N")
@@ -150,7 +154,8 @@ def main(argv: Sequence[str] | None = None, fixed_task: TaskSpec | None = None) 
         with stop_on_signals():
             predictor = build_predictor(args, task)
             summary = run(task, args.input, args.output, predictor, shard=args.shard, overwrite=args.overwrite,
-                          qc=args.qc, compression_level=args.compression_level)
+                          qc=args.qc, compression_level=args.compression_level,
+                          segmentation_dir=args.segmentation_output)
     except Interrupted as err:
         print(f"error: {err}; outputs written before are complete, the one being written was abandoned (run "
               "again to finish: finished outputs are skipped)", file=sys.stderr)

@@ -1,7 +1,10 @@
 """Run a predictor over every case of an input folder: shards, skips, per-case errors, progress and a summary.
 
 A bad case costs one line on stderr and is skipped; the others are processed. Outputs go to OUT only
-(never into IN), named by the task's rule, each written atomically.
+(never into IN), named by the task's rule, each written atomically. A predictor that also segments
+(`predict_with_segmentation`, e.g. TISS-Net) can write each case's mask to a folder of its own, outside IN and
+OUT (`segmentation_dir`: `<case>-seg.nii.gz`, uint8, the synthesis's header), so that OUT holds only the
+synthesised modalities, as a BraTS container's /output must.
 
 Cases flow through three stages: `read_inputs` in a reader thread that reads at most `prefetch` cases ahead,
 `synthesise` in the calling thread, and `write_outputs` in a writer thread that holds at most `pending_writes`
@@ -29,6 +32,7 @@ from infer.engine.cases import (CaseError, CaseFiles, CaseVolumes, case_naming, 
                          validate_case)
 from infer.engine.slices import Timings, VolumePredictor, timed
 from infer.engine.qc import save_qc
+from conventions.naming import BRATS_2023, SEGMENTATION
 from conventions.tasks import TaskSpec
 from infer.engine.writer import DEFAULT_COMPRESSION_LEVEL, partial_path, remove_partials, write_nifti
 
@@ -91,6 +95,18 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
                          "inputs are never written to")
 
 
+def check_segmentation_folder(segmentation_dir: Path, input_dir: Path, output_dir: Path, predictor: object) -> None:
+    """ValueError unless `predictor` segments and `segmentation_dir` lies outside both `input_dir` and
+    `output_dir` (which holds the synthesised modalities only)."""
+    if not hasattr(predictor, "predict_with_segmentation"):
+        raise ValueError("--segmentation-output: this checkpoint's family does not segment")
+    target = segmentation_dir.resolve()
+    for folder, what in ((input_dir, "input"), (output_dir, "output")):
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            raise ValueError(f"segmentation folder {segmentation_dir} is inside the {what} folder {folder}; "
+                             "it must lie outside both")
+
+
 def prepare_output(output_dir: Path) -> list[Path]:
     """Create `output_dir`, check that files can be created in it (ValueError otherwise, before any case is
     computed) and remove the temporary files that an interrupted run left there; return those removed."""
@@ -134,6 +150,8 @@ class CaseJob:
     synthesis: dict[str, np.ndarray] = field(default_factory=dict)
     timings: Timings = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    segmentation: Path | None = None
+    mask: np.ndarray | None = None
 
 
 def output_problem(path: Path, shape: tuple[int, ...] | None) -> str | None:
@@ -155,21 +173,28 @@ def input_shape(case: CaseFiles, task: TaskSpec) -> tuple[int, ...] | None:
         return None
 
 
-def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool = False) -> CaseJob | None:
+def plan_case(case: CaseFiles, task: TaskSpec, output_dir: Path, overwrite: bool = False,
+              segmentation_dir: Path | None = None) -> CaseJob | None:
     """The job of `case` (CaseError when its files do not fit the task); None when every output it would
-    write exists already as a valid NIfTI of the inputs' shape (and not `overwrite`). An existing output that
-    is not valid is computed again, with a note in the job."""
+    write (with its mask in `segmentation_dir`, when given) exists already as a valid NIfTI of the inputs'
+    shape (and not `overwrite`). An existing output that is not valid is computed again, with a note in the
+    job; a missing mask recomputes the case's every output (they come from one pass)."""
     targets = check_case(case, task)
     naming = task.output_naming or case_naming(case, task)
     outputs = {t: output_dir / naming.file_name(case.name, t) for t in targets}
+    segmentation = None if segmentation_dir is None else segmentation_dir / BRATS_2023.file_name(case.name,
+                                                                                                  SEGMENTATION)
     if overwrite:
-        return CaseJob(case, outputs)
-    existing = [p for p in outputs.values() if p.exists()]
+        return CaseJob(case, outputs, segmentation=segmentation)
+    wanted = {**outputs, SEGMENTATION: segmentation} if segmentation is not None else outputs
+    existing = [p for p in wanted.values() if p.exists()]
     shape = input_shape(case, task) if existing else None
     problems = {p: output_problem(p, shape) for p in existing}
-    pending = {t: p for t, p in outputs.items() if p not in problems or problems[p] is not None}
+    pending = {t: p for t, p in wanted.items() if p not in problems or problems[p] is not None}
     notes = [f"{case.name}: {p.name}: existing output is not valid ({problem}); computing it again"
              for p, problem in problems.items() if problem is not None]
+    if SEGMENTATION in pending:
+        return CaseJob(case, outputs, notes=notes, segmentation=segmentation)
     return CaseJob(case, pending, notes=notes) if pending else None
 
 
@@ -185,7 +210,12 @@ def read_inputs(job: CaseJob, task: TaskSpec) -> CaseJob:
 def synthesise(job: CaseJob, predictor: VolumePredictor, keep_inputs: bool = False) -> CaseJob:
     """Predict every output of `job` from its inputs into `job.synthesis`, then let the input volumes go unless
     `keep_inputs` (for the QC picture), so that a case waiting to be written holds little memory."""
-    job.synthesis = {t: predictor.predict(job.data.volumes, t, job.timings) for t in job.outputs}
+    for target in job.outputs:
+        if job.segmentation is not None and job.mask is None:
+            job.synthesis[target], job.mask = predictor.predict_with_segmentation(job.data.volumes, target,
+                                                                                  job.timings)
+        else:
+            job.synthesis[target] = predictor.predict(job.data.volumes, target, job.timings)
     for target, volume in job.synthesis.items():
         check_synthesis(job.case.name, job.outputs[target], volume)
     if not keep_inputs:
@@ -207,6 +237,8 @@ def write_outputs(job: CaseJob, task: TaskSpec, output_dir: Path, qc: bool = Fal
     with timed(job.timings, "write"):
         for target, path in job.outputs.items():
             write_nifti(path, job.synthesis[target], job.data.reference, task.output_dtype, compression_level)
+        if job.mask is not None:
+            write_nifti(job.segmentation, job.mask, job.data.reference, "uint8", compression_level)
         if qc:
             save_qc(output_dir / QC_FOLDER / f"{job.case.name}.png", job.data.volumes, job.synthesis)
     return job
@@ -296,26 +328,29 @@ def overlapped(items: Sequence[Item], load: Callable[[Item], Loaded], compute: C
 def run(task: TaskSpec, input_dir: Path, output_dir: Path, predictor: VolumePredictor, *,
         shard: tuple[int, int] = (0, 1), overwrite: bool = False, qc: bool = False, progress: bool = True,
         compression_level: int = DEFAULT_COMPRESSION_LEVEL, prefetch: int = 1,
-        pending_writes: int = 1) -> RunSummary:
+        pending_writes: int = 1, segmentation_dir: Path | None = None) -> RunSummary:
     """Process every case of this shard; problems are reported and counted, never raised (except setup ones).
 
     prefetch / pending_writes: see `overlapped` (0 and 0 process the cases one after another). The summary's
-    precision is the predictor's `precision` attribute, when it has one.
+    precision is the predictor's `precision` attribute, when it has one. segmentation_dir: see the module's
+    docstring (a predictor without `predict_with_segmentation` is a ValueError).
     """
     check_folders(input_dir, output_dir)
+    if segmentation_dir is not None:
+        check_segmentation_folder(segmentation_dir, input_dir, output_dir, predictor)
     found = discover_cases(input_dir, task)
     if not found:
         expected = " or ".join(n.file_name("<case>", "<modality>") for n in task.namings)
         raise ValueError(f"no cases in {input_dir} (expected {expected} files, flat or in a folder per case)")
     cases = select_shard(found, *shard)
-    removed = prepare_output(output_dir)
+    removed = prepare_output(output_dir) + (prepare_output(segmentation_dir) if segmentation_dir else [])
     if removed:
         _say(f"note: removed {len(removed)} unfinished file(s) that an interrupted run left in {output_dir}: "
              f"{', '.join(p.name for p in removed)}")
     notes: dict[str, list[str]] = {}
 
     def load(case: CaseFiles) -> CaseJob | None:
-        job = plan_case(case, task, output_dir, overwrite)
+        job = plan_case(case, task, output_dir, overwrite, segmentation_dir)
         if job is None:
             return None
         notes[case.name] = job.notes
