@@ -325,7 +325,11 @@ def _perceptual(cfg: TissNetTrainingConfig, device: torch.device) -> nn.Module |
         return None
     if not cfg.model.perceptual_segmenter:
         raise ConfigError("loss.lambda_p > 0 needs model.perceptual_segmenter (a perceptual stage's perceptual/)")
-    return load_model(cfg.model.perceptual_segmenter, device, kind="tissnet_perceptual").requires_grad_(False)
+    segmenter = load_model(cfg.model.perceptual_segmenter, device, kind="tissnet_perceptual")
+    if segmenter.meta.provenance.get(TARGETS_KEY) != [cfg.data.target]:
+        raise ConfigError(f"model.perceptual_segmenter segments {segmenter.meta.provenance.get(TARGETS_KEY)}, "
+                          f"not data.target {cfg.data.target}")
+    return segmenter.requires_grad_(False)
 
 
 def fit_tissnet(cfg: TissNetTrainingConfig, resume: bool = False, stop_after: int | None = None) -> Path:
