@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from infer import precision
+from infer.engine import precision
 from infer.engine.precision import PRECISIONS, cpu_has_native_bf16, resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

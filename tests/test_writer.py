@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from infer.engine.slices import compression
+from infer.engine import compression
 from infer.engine.compression import BACKENDS, isal_level
 from infer.engine.interrupt import Interrupted, stop_on_signals
 from infer.engine.writer import NAME_MAX, PARTIAL_NAME, atomic_path, partial_path, remove_partials, write_nifti
