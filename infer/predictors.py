@@ -3,8 +3,8 @@
 A factory takes the checkpoint folder, the task and the command line's `PredictorOptions` and returns an object
 with `predict(volumes, target, timings)` that the runner drives: the slice engine (`infer.engine.slices`) for
 slice generators, sliding windows for full-3D generators (`infer.engine.patches`), the 3D segmentation
-predictor (`infer.engine.segmentation`), TISS-Net's joint synthesis and segmentation (`infer.engine.tissnet`). A new family whose network runs like one of these reuses its factory;
-otherwise its factory goes here.
+predictor (`infer.engine.segmentation`), TISS-Net's joint synthesis and segmentation (`infer.engine.tissnet`).
+A new family whose network runs like one of these reuses its factory; otherwise its factory goes here.
 """
 from __future__ import annotations
 
