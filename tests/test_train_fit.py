@@ -156,10 +156,12 @@ def test_two_process_ddp_keeps_ranks_in_sync_and_only_rank0_writes(common, tmp_p
 
 def test_segmenter_training_feeds_the_tversky_term(common, tmp_path):
     seg_out, gan_out = tmp_path / "seg", tmp_path / "gan"
-    fit_segmenter(tiny(common, seg_out, "data.min_tumour_fraction=0.001", "train.max_steps=3"))
+    fit_segmenter(tiny(common, seg_out, "data.min_tumour_fraction=0.001", "train.max_steps=3",
+                       "loss.segmenter_cross_entropy=1"))
     segmenter = load_model(seg_out / "segmenter", kind="segmenter")
     assert isinstance(segmenter, SliceSegmenter) and segmenter.config.filters == (8, 16, 32, 64)
-    assert len(read_csv(seg_out / "log.csv")) == 3
+    log = read_csv(seg_out / "log.csv")
+    assert len(log) == 3 and all(0 < float(r["tversky"]) < 4 and float(r["cross_entropy"]) > 0 for r in log)
     assert json.loads((seg_out / "validation.json").read_text()) == {}  # the held-out case has no labels
     data = build_data(tiny(common, seg_out), init_distributed("cpu"), context=0)
     scores = validation_dice(segmenter, data.train_cases[:1], data.modalities, data.norms, data.fill,

@@ -77,7 +77,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     """Weights of the generator loss terms (0 = term off) and their settings. Each model family uses its own
-    terms (`train.families.hfgan.GENERATOR_TERMS`, `train.families.pix2pix.PIX2PIX_TERMS`); the other family's weights are unused.
+    terms (`train.families.hfgan.GENERATOR_TERMS`, `train.families.pix2pix.PIX2PIX_TERMS`); the other family's
+    weights are unused.
 
     ssim_regions: SSIM loss regions averaged with equal weight: ["brain"] (whole) or ["healthy", "tumour"].
     segmenter: checkpoint folder of the frozen segmenter (needed when tversky > 0).
@@ -85,6 +86,9 @@ class LossConfig:
     background / background_margin: L1 towards the background value outside the inputs' foreground dilated by
     this many pixels (Pix2Pix).
     tversky_alpha / tversky_beta: weights of false positives / false negatives; tversky_gamma: focal exponent.
+    segmenter_cross_entropy: weight of pixel-wise cross-entropy added to the focal Tversky loss when the slice
+    segmenter trains (`train.families.segmenter`): a class absent from a batch gives the Tversky term no
+    gradient against false positives once any exist, cross-entropy does.
     """
 
     l1: float = 10.0
@@ -99,6 +103,7 @@ class LossConfig:
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
     tversky_gamma: float = 0.75
+    segmenter_cross_entropy: float = 0.0
     ngf: float = 0.0
     ngf_alpha: float = 0.08
     background: float = 0.0

@@ -1,7 +1,7 @@
 """Training of the slice segmenter that the generator's focal Tversky term runs frozen.
 
-Focal Tversky loss (`train.losses.FocalTverskyLoss`, the same settings as the GAN term: `loss.tversky_*`) on
-the centre slices of every modality, on slices whose tumour covers at least `data.min_tumour_fraction` of the
+Focal Tversky loss (`train.losses.FocalTverskyLoss`, the same settings as the GAN term: `loss.tversky_*`), plus
+`loss.segmenter_cross_entropy` x pixel-wise cross-entropy, on the centre slices of every modality, on slices whose tumour covers at least `data.min_tumour_fraction` of the
 square slice (the thesis uses 0.1%). Adam with the warm-up + cosine schedule of `optim`. Single process or
 `torchrun` (DDP), resumable like the GAN run; the run folder gets `log.csv`, `curves.png`, `state.pt` and, at
 the end, `segmenter/` in the models checkpoint format and `validation.json`: the Dice of ET, TC and WT per
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -85,14 +86,17 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
             labels = batch["seg"].to(ctx.device, non_blocking=True)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(x)
-            loss = loss_fn(logits, labels)
+            tversky = loss_fn(logits, labels)
+            cross_entropy = F.cross_entropy(logits.float(), labels.long())
+            loss = tversky + cfg.loss.segmenter_cross_entropy * cross_entropy
             lr = warmup_cosine(step, total, peak, warmup, cfg.optim.min_lr_fraction)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             set_lr(optimizer, lr)
             optimizer.step()
             step += 1
-            logs = mean_over_ranks({"tversky": float(loss.detach()), "lr": lr}, ctx)
+            logs = mean_over_ranks({"tversky": float(tversky.detach()), "cross_entropy": float(cross_entropy.detach()),
+                                    "lr": lr}, ctx)
             if log is not None:
                 log.append({"step": step, **logs})
             if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < stop:
