@@ -1,5 +1,6 @@
 """Checkpoint format round trip, failure modes, and the published-weights converter."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,15 @@ def test_convert_rejects_foreign_files(tmp_path):
     with pytest.raises(ConversionError):
         infer_config(load_file(str(tmp_path / "x.safetensors")))
     assert convert_main([str(tmp_path / "x.safetensors"), str(tmp_path / "out")]) == 1
+
+
+def test_bundled_slice_segmenter_sees_the_bundled_generators_units():
+    """weights/slice-segmenter feeds the Tversky term of a run that starts from weights/brasyn: same modalities,
+    same per-case scaling, logits of the four label classes."""
+    from conventions.tasks import BRASYN_CASE_NORMALIZATION
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    segmenter, generator = load_model(weights / "slice-segmenter", kind="segmenter"), load_model(weights / "brasyn")
+    assert segmenter.meta.modalities == generator.meta.modalities
+    assert segmenter.meta.normalization == generator.meta.normalization == BRASYN_CASE_NORMALIZATION
+    assert segmenter(torch.zeros(1, 4, 240, 240)).shape == (1, 4, 240, 240)
