@@ -13,7 +13,7 @@ from helpers import write_case
 REPO = Path(__file__).resolve().parents[1]
 SLOW_WRITES = """
 import sys, time
-from infer import writer
+from infer.engine import writer
 write = writer._Abandonable.write  # every output chunk, whichever gzip implementation compresses it
 def slow_write(self, data):  # an output takes seconds to write, so that the signal arrives in the middle
     time.sleep(1.0)
