@@ -24,7 +24,7 @@ from torch import nn
 from conventions.tasks import TaskSpec
 from infer.engine.geometry import signal_box
 from infer.engine.intensity import background_vote
-from infer.engine.slices import EngineSettings, input_foregrounds, normalize_inputs, to_output
+from infer.engine.slices import EngineSettings, check_task, input_foregrounds, normalize_inputs, to_output
 
 WINDOW_KEY = "sliding_window"
 """Key of a checkpoint's `provenance` holding its `WindowSettings` (written by training)."""
@@ -75,12 +75,8 @@ def blended_pass(volume: torch.Tensor, network: Callable[[torch.Tensor], torch.T
 def patch_settings(task: TaskSpec, model: nn.Module) -> EngineSettings:
     """Engine settings of a full-3D generator (with `.config` and `.meta`) on `task`; a 3D model has no slices,
     so `views` and `image_size` are unused."""
-    config, meta = model.config, model.meta
-    if meta.task != task.name:
-        raise ValueError(f"the checkpoint is for task {meta.task!r}, not {task.name!r}")
-    if sorted(meta.modalities) != sorted(task.modalities) or len(meta.modalities) != config.num_modalities:
-        raise ValueError(f"the checkpoint's modalities {list(meta.modalities)} do not match task {task.name!r} "
-                         f"({list(task.modalities)})")
+    check_task(task, model)
+    meta = model.meta
     return EngineSettings(modalities=tuple(meta.modalities), normalization={**task.normalization, **meta.normalization},
                           views=("axial",), image_size=0, output_offset=task.output_offset,
                           output_background=task.output_background, output_floor=task.output_floor)

@@ -120,17 +120,23 @@ class EngineSettings:
         return self.normalization[self.modalities[0]].background
 
 
-def resolve_settings(task: TaskSpec, model: nn.Module, views: Sequence[str] | None = None) -> EngineSettings:
-    """Settings for `model` (with `.config` and `.meta`) on `task`.
-
-    The checkpoint's views and normalisation override the task's defaults; `views`, when given, overrides both.
-    """
+def check_task(task: TaskSpec, model: nn.Module) -> None:
+    """ValueError unless `model` (with `.config` and `.meta`) was trained for `task` and its modalities."""
     config, meta = model.config, model.meta
     if meta.task != task.name:
         raise ValueError(f"the checkpoint is for task {meta.task!r}, not {task.name!r}")
     if sorted(meta.modalities) != sorted(task.modalities) or len(meta.modalities) != config.num_modalities:
         raise ValueError(f"the checkpoint's modalities {list(meta.modalities)} do not match task {task.name!r} "
                          f"({list(task.modalities)})")
+
+
+def resolve_settings(task: TaskSpec, model: nn.Module, views: Sequence[str] | None = None) -> EngineSettings:
+    """Settings for `model` (with `.config` and `.meta`) on `task`.
+
+    The checkpoint's views and normalisation override the task's defaults; `views`, when given, overrides both.
+    """
+    check_task(task, model)
+    config, meta = model.config, model.meta
     settings = EngineSettings(
         modalities=tuple(meta.modalities),
         normalization={**task.normalization, **meta.normalization},

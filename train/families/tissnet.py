@@ -42,7 +42,7 @@ from infer.engine.tissnet import TARGETS_KEY
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators, TissNetOutput, consistency, error_target, refined_mask)
-from train.config import ConfigError
+from train.config import ConfigError, VolumeTrainConfig
 from train.curves import CsvLog, plot_curves
 from train.data.cache import brain_box, foreground_masks
 from train.data.cases import TrainCase, get_task, load_case
@@ -126,13 +126,6 @@ class TissNetOptim:
 
 
 @dataclass
-class TissNetTrain:
-    batch_size: int = 2
-    steps: int = 1000
-    seed: int = 0
-
-
-@dataclass
 class TissNetRun:
     """output: the run folder; device: "auto" (CUDA when present), "cpu" or "cuda"; checkpoint_every: steps
     between resumable states (0 = only when the run stops)."""
@@ -152,7 +145,7 @@ class TissNetTrainingConfig:
     loss: TissNetLoss = field(default_factory=TissNetLoss)
     patch: TissNetPatch = field(default_factory=TissNetPatch)
     optim: TissNetOptim = field(default_factory=TissNetOptim)
-    train: TissNetTrain = field(default_factory=TissNetTrain)
+    train: VolumeTrainConfig = field(default_factory=VolumeTrainConfig)
     run: TissNetRun = field(default_factory=TissNetRun)
 
     def to_dict(self) -> dict:
