@@ -3,12 +3,13 @@ and `python -m infer.segment` end to end (both namings in, 2023 labels out, runn
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conventions.regions import labels_from_regions, regions_from_labels
-from infer.engine.segmentation import coarse_inputs, coarse_shape
+from infer.engine.segmentation import SegmentationPredictor, coarse_inputs, coarse_shape
 from infer.segment import main as segment_main
 from models.checkpoint import load_model
-from train.config import load_config, VolumeConfig
+from train.config import ConfigError, load_config, VolumeConfig
 from train.families.segmenter3d import fit_segmenter3d
 
 from helpers import AFFINE, save_tiny_checkpoint, snapshot, synthetic_volumes
@@ -79,6 +80,23 @@ def test_training_learns_resumes_and_writes_a_checkpoint(trained):
     assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5])
     model = load_model(root / "run" / "segmenter3d", kind="segmenter3d")
     assert model.meta.task == "segment" and model.config.spacing_mm == 2.0
+
+
+def test_a_segmenter_without_flair_reads_only_its_inputs(trained, tmp_path):
+    root, _ = trained
+    cfg = load_config(None, [f"data.roots=[{root / 'data'}]", "data.inputs=[t2w, t1c, t1n]",
+                             "model.segmenter3d={init_filters: 8}", "patch.size=[16,16,16]", "train.steps=2",
+                             f"run.output={tmp_path / 'run'}", "run.device=cpu", "run.progress=false"], VolumeConfig)
+    fit_segmenter3d(cfg)
+    model = load_model(tmp_path / "run" / "segmenter3d", kind="segmenter3d")
+    assert model.meta.modalities == ("t1c", "t1n", "t2w") and model.config.in_channels == 3  # the task's order
+    volumes = synthetic_volumes(SHAPE, 0, ("t1c", "t1n", "t2w"))
+    labels = SegmentationPredictor(model, device=torch.device("cpu")).predict(volumes, "seg")
+    assert labels.shape == SHAPE
+    bad = load_config(None, [f"data.roots=[{root / 'data'}]", "data.inputs=[t1c, dwi]",
+                             f"run.output={tmp_path / 'bad'}", "run.device=cpu"], VolumeConfig)
+    with pytest.raises(ConfigError, match="dwi"):
+        fit_segmenter3d(bad)
 
 
 def test_segment_command_end_to_end(trained, tmp_path, capsys):

@@ -182,6 +182,7 @@ class VolumeDataConfig:
     roots, task, normalization, val_fraction, split, val_cases, split_seed, require_seg: as in `DataConfig`. stats: statistics of a
     full-3D generator (a refiner uses its generator's). cache_dir: where each training case is kept normalised
     and cropped to its brain, with the frozen generator's volumes for a refiner (`python -m train cache-volumes`).
+    inputs: the modalities a 3D segmenter reads (empty = every modality of the task), e.g. without FLAIR.
     """
 
     roots: list[str] = field(default_factory=list)
@@ -194,6 +195,7 @@ class VolumeDataConfig:
     split_seed: int = 0
     require_seg: bool = False
     cache_dir: str = "runs/volumes"
+    inputs: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -96,11 +96,20 @@ def segmenter_config(cfg: VolumeConfig, modalities: int) -> Segmenter3DConfig:
     return config
 
 
+def segmenter_inputs(cfg: VolumeConfig, available: Sequence[str]) -> tuple[str, ...]:
+    """The modalities the segmenter reads: `data.inputs` in the task's order, or all of `available`."""
+    unknown = sorted(set(cfg.data.inputs) - set(available))
+    if unknown:
+        raise ConfigError(f"data.inputs: unknown modalities {', '.join(unknown)}; known: {', '.join(available)}")
+    return tuple(m for m in available if m in cfg.data.inputs) if cfg.data.inputs else tuple(available)
+
+
 def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | None = None) -> Path:
     """Train (or continue training) the 3D segmenter as configured; returns the run folder."""
     started, clock = now(), time.monotonic()
     task = get_task(cfg.data.task)
-    config = segmenter_config(cfg, len(task.modalities))
+    modalities = segmenter_inputs(cfg, task.modalities)
+    config = segmenter_config(cfg, len(modalities))
     window = window_settings(cfg)
     out = Path(cfg.run.output)
     if (out / CHECKPOINT).exists():
@@ -111,7 +120,7 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     device = pick_device(cfg.run.device, 0)
     train_cases, _ = training_cases(cfg, task)
-    cases = [prepare_case(c, task.modalities, config.spacing_mm)
+    cases = [prepare_case(c, modalities, config.spacing_mm)
              for c in tqdm(train_cases, desc="preparing cases", unit="case", disable=not cfg.run.progress)]
     torch.manual_seed(cfg.train.seed)
     model = Segmenter3D(config).to(device).train()
@@ -150,7 +159,7 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
                 checkpoint()
     checkpoint()
     if step == steps:
-        meta = CheckpointMeta(kind="segmenter3d", task=SEGMENT.name, modalities=task.modalities, views=(),
+        meta = CheckpointMeta(kind="segmenter3d", task=SEGMENT.name, modalities=modalities, views=(),
                               provenance=run_provenance(cfg, cases, window, started, time.monotonic() - clock))
         save_checkpoint(model, out / CHECKPOINT, meta)
     return out
