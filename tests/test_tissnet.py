@@ -4,6 +4,7 @@ and run through `python -m infer` on crops of real BraTS 2018 cases, writing the
 from __future__ import annotations
 
 import json
+from csv import DictReader
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from helpers import run_cli, save_tiny_checkpoint
+from infer.evaluate.cli import main as evaluate_main
 from models.checkpoint import load_model, read_config
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators, consistency, error_target, refined_mask)
@@ -199,3 +201,22 @@ def test_segmentation_folder_lies_outside_the_output_and_needs_a_segmenting_fami
     code = run_cli(tmp_path / "in", tmp_path / "out", save_tiny_checkpoint(tmp_path / "generator"),
                    "--segmentation-output", str(tmp_path / "seg"))
     assert code == 2 and "this checkpoint's family does not segment" in capsys.readouterr().err
+
+
+def test_the_evaluation_scores_the_synthesis_and_the_whole_tumour_mask(trained, tmp_path, capsys):
+    case = SPLIT["validation"][0]
+    write_crop(case, tmp_path / "in", ("t1c", "t1n", "t2w"))
+    reference = write_crop(case, tmp_path / "ref", tuple(FILES)).parent
+    out, seg = tmp_path / "out", tmp_path / "seg"
+    assert run_cli(tmp_path / "in", out, trained / "tissnet", "--segmentation-output", str(seg)) == 0
+    csv = tmp_path / "scores.csv"
+    assert evaluate_main(["--reference", str(reference), "--pred", str(out), "--segmentations", str(seg),
+                          "--regions", "WT", "--csv", str(csv), "--no-progress"]) == 0
+    with csv.open() as f:
+        rows = {r["source"]: r for r in DictReader(f)}
+    assert rows["prediction"]["modality"] == "t2f" and float(rows["prediction"]["psnr"]) > 0
+    mask = np.asanyarray(nib.load(seg / f"{case}-seg.nii.gz").dataobj) > 0
+    truth = np.asanyarray(nib.load(reference / case / f"{case}_seg.nii.gz").dataobj) > 0
+    dice = 2 * np.count_nonzero(mask & truth) / max(np.count_nonzero(mask) + np.count_nonzero(truth), 1)
+    assert float(rows["segmentation"]["dice_WT"]) == pytest.approx(dice, abs=1e-6)
+    assert rows["segmentation"]["dice_ET"] == rows["segmentation"]["dice_TC"] == "nan"  # not scored

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from conventions.regions import REGION_NAMES
 from conventions.tasks import TASKS
 from infer.evaluate.baselines import BASELINES
 from infer.evaluate.metrics import CHALLENGE_BORDER_CROP
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssim-border-crop", type=int, default=CHALLENGE_BORDER_CROP,
                    help="voxels dropped at each border before averaging the challenge SSIM (default "
                         f"{CHALLENGE_BORDER_CROP}, as the organisers' scoring; 0 = torchmetrics 1.9)")
+    p.add_argument("--regions", nargs="+", choices=REGION_NAMES, default=list(REGION_NAMES),
+                   help="regions --segmentations are scored on (default all; WT for whole-tumour masks such as "
+                        "TISS-Net's --segmentation-output)")
     p.add_argument("--csv", type=Path, help="per-case CSV to write")
     p.add_argument("--summary-csv", type=Path, help="summary CSV to write")
     p.add_argument("--report", type=Path, help="report to write: .md or .html (PNG figures in <stem>_files/ next to it)")
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.reference, args.pred, segmentation_dir=args.segmentations,
             baselines=list(BASELINES) if args.baselines else (), modalities=args.modalities,
             nsd_tolerance_mm=args.nsd_tolerance, border_crop=args.ssim_border_crop, cases=args.cases,
-            progress=not args.no_progress, task=TASKS[args.task], segmenter=segmenter)
+            progress=not args.no_progress, task=TASKS[args.task], segmenter=segmenter,
+            seg_regions=args.regions)
     except ValueError as e:  # options that do not fit the task (baselines or modalities it has none of)
         print(f"error: {e}", file=sys.stderr)
         return 2

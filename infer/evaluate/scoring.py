@@ -45,6 +45,7 @@ from infer.evaluate.metrics import (CHALLENGE_BORDER_CROP, FIELD_METRICS, IMAGE_
 from conventions.naming import BRATS_2023, Naming, naming_of_segmentation
 from conventions.naming import SEGMENTATION as SEG_FILE
 from infer.engine.runner import QC_FOLDER
+from conventions.regions import REGION_NAMES
 from infer.evaluate.segmetrics import DEFAULT_NSD_TOLERANCE_MM, seg_metric_names, segmentation_metrics
 from conventions.tasks import BRASYN, BRATS_MODALITIES, TASKS, TaskSpec
 
@@ -222,6 +223,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     task: TaskSpec = BRASYN,
     segmenter: Segmenter | None = None,
+    seg_regions: Sequence[str] = REGION_NAMES,
 ) -> EvaluationResult:
     """Score predictions (a flat folder, or in-memory ``{case: {modality: volume}}``) and/or baselines.
 
@@ -231,6 +233,7 @@ def evaluate(
     log: where one-line errors and warnings go as they happen (default: stderr, above the progress bar).
     task: the task whose outputs are scored, as its `metrics` says; modalities default to its targets.
     segmenter: when given, the downstream protocol (`infer.evaluate.downstream`) for every predicted modality.
+    seg_regions: the regions `segmentation_dir`'s files are scored on (("WT",) for whole-tumour masks).
     Returns an `EvaluationResult`; it never raises for a bad case file (see its ``errors``).
     """
     from tqdm import tqdm
@@ -306,7 +309,7 @@ def evaluate(
         if segmenter is not None and scored:
             _score_downstream(result, case, scored, seg_entry, segmenter, error)
         if seg_dir is not None:
-            _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, error)
+            _score_segmentation(result, case, seg_dir, seg_entry, nsd_tolerance_mm, seg_regions, error)
     return result
 
 
@@ -461,7 +464,7 @@ def _score_downstream(result: EvaluationResult, case: _Case, predictions: Mappin
 
 def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
                         ref_entry: tuple[np.ndarray, tuple[float, ...]] | None, tolerance: float,
-                        error: Callable[[str], None]) -> None:
+                        regions: Sequence[str], error: Callable[[str], None]) -> None:
     path = _find_segmentation(seg_dir, case.name)
     if path is None:
         result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "missing",
@@ -483,7 +486,7 @@ def _score_segmentation(result: EvaluationResult, case: _Case, seg_dir: Path,
         result.rows.append(_empty_row(case.name, SEGMENTATION, "all", "error", "shape mismatch"))
         return
     row = _empty_row(case.name, SEGMENTATION, "all")
-    row.update(segmentation_metrics(np.rint(seg).astype(np.int16), ref_seg, spacing, tolerance))
+    row.update(segmentation_metrics(np.rint(seg).astype(np.int16), ref_seg, spacing, tolerance, regions))
     result.rows.append(row)
 
 
