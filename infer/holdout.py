@@ -54,6 +54,21 @@ def validation_folders(data: Path, split: Path) -> list[Path]:
     return [data / name for name in read_split(split)[1]]
 
 
+def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path]) -> dict[str, list[Path]]:
+    """Group name -> case folders: "validation" (the split's validation cases under `data`), then each extra
+    case folder as a group of its own; ValueError when there is none or `split` lacks `data`."""
+    groups: dict[str, list[Path]] = {}
+    if split is not None:
+        if data is None:
+            raise ValueError("--split needs --data")
+        groups["validation"] = validation_folders(data, split)
+    for folder in extra:
+        groups[folder.name] = [folder]
+    if not groups:
+        raise ValueError("no cases: give --data and --split, and/or --extra")
+    return groups
+
+
 def link_inputs(cases: Sequence[CaseFiles], left_out: str, folder: Path) -> None:
     """`folder/<case>/` with links to every file of each case but `left_out`, under their own names."""
     for case in cases:
@@ -154,18 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    groups: dict[str, list[Path]] = {}
-    if args.split is not None:
-        if args.data is None:
-            print("error: --split needs --data", file=sys.stderr)
-            return 2
-        groups["validation"] = validation_folders(args.data, args.split)
-    for folder in args.extra:
-        groups[folder.name] = [folder]
-    if not groups:
-        print("error: no cases: give --data and --split, and/or --extra", file=sys.stderr)
-        return 2
     try:
+        groups = case_groups(args.data, args.split, args.extra)
         cases = [find_case(f) for folders in groups.values() for f in folders]
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli, save_tiny_checkpoint
+from helpers import run_cli, save_tiny_checkpoint, snapshot
 from infer.evaluate.cli import main as evaluate_main
-from models.checkpoint import load_model, read_config
+from infer.routes import main as routes_main
+from models.checkpoint import CheckpointMeta, load_model, read_config, save_checkpoint
+from models.segmenter3d import Segmenter3D, Segmenter3DConfig
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators, consistency, error_target, refined_mask)
 from train.__main__ import main as train_main
@@ -220,3 +222,33 @@ def test_the_evaluation_scores_the_synthesis_and_the_whole_tumour_mask(trained, 
     dice = 2 * np.count_nonzero(mask & truth) / max(np.count_nonzero(mask) + np.count_nonzero(truth), 1)
     assert float(rows["segmentation"]["dice_WT"]) == pytest.approx(dice, abs=1e-6)
     assert rows["segmentation"]["dice_ET"] == rows["segmentation"]["dice_TC"] == "nan"  # not scored
+
+
+def test_routes_compare_four_ways_to_segment_without_flair(trained, tmp_path, capsys):
+    cases = SPLIT["validation"][:2]
+    for case in cases:
+        write_crop(case, tmp_path / "data", tuple(FILES))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "validation": cases}))
+    reduced = Segmenter3D(Segmenter3DConfig(in_channels=3, init_filters=8))
+    save_checkpoint(reduced, tmp_path / "reduced", CheckpointMeta("segmenter3d", "segment", ("t1c", "t1n", "t2w"),
+                                                                  views=()))
+    before = snapshot(tmp_path / "data")
+    out = tmp_path / "routes"
+    assert routes_main(["--data", str(tmp_path / "data"), "--split", str(split), "--joint", str(trained / "tissnet"),
+                        "--reduced", str(tmp_path / "reduced"), "--output", str(out), "--device", "cpu"]) == 0
+    assert snapshot(tmp_path / "data") == before  # nothing written beside the inputs
+    with (out / "per_case.csv").open() as f:
+        rows = {(r["case"], r["route"]): r for r in DictReader(f)}
+    assert sorted(rows) == sorted((c, r) for c in cases for r in ("without", "synthesise", "joint", "real"))
+    for case in cases:
+        mask = np.asanyarray(nib.load(out / "masks" / "joint" / f"{case}-seg.nii.gz").dataobj) > 0
+        truth = np.asanyarray(nib.load(tmp_path / "data" / case / f"{case}_seg.nii.gz").dataobj) > 0
+        dice = 2 * np.count_nonzero(mask & truth) / max(np.count_nonzero(mask) + np.count_nonzero(truth), 1)
+        assert float(rows[case, "joint"]["dice"]) == pytest.approx(dice, abs=1e-6)
+        for route in ("synthesise", "joint"):  # the two syntheses of FLAIR are scored as images
+            assert 0 < float(rows[case, route]["psnr"]) < 60
+        assert rows[case, "real"]["psnr"] == rows[case, "without"]["psnr"] == "nan"
+        assert all(0 <= float(rows[case, r]["dice"]) <= 1 for r in ("without", "synthesise", "real"))
+    summary = (out / "summary.md").read_text()
+    assert "TISS-Net's own fine mask" in summary and summary.count("\n| ") == 2 + 4 + 2 + 2
