@@ -1,4 +1,6 @@
-"""The bundled models' float32 outputs on real inputs, bit for bit against a file recorded from the same weights.
+"""The bundled models' outputs on real inputs against a file recorded from the same weights: the segmenter's
+labels exactly, the synthesis to float32 rounding (1e-6 of its range: CPUs of other instruction sets round
+float32 sums differently, about 2e-7 of the range seen between two machines here; a code change moves it far more).
 
 Guards refactoring (the outputs must not move while code moves). The reference is recorded with
 `python -m pytest tests/test_reference_outputs.py --record-reference`, only when the bundled weights are
@@ -22,6 +24,9 @@ FIXED_ARITHMETIC = ("--batch-size", "1", "--precision", "fp32")
 """Float32, one slice per forward pass: other batch sizes move float32 results by about 1e-6 when the slices a
 batch holds change (skipping empty slices changes them), and bf16 (the default on CPUs that have it) is another
 arithmetic."""
+
+ROUNDING = 1e-6
+"""Largest gap allowed in a float output, as a fraction of the recorded output's largest magnitude."""
 
 
 def crop_case(source: Path, destination: Path, box: tuple[slice, ...]) -> Path:
@@ -65,6 +70,7 @@ def test_bundled_outputs_unchanged(tmp_path, brats18_data, request):
     for name, output in outputs.items():
         expected = reference[name]
         assert output.dtype == expected.dtype and output.shape == expected.shape, name
-        differ = int(np.count_nonzero(output != expected))
-        assert differ == 0, (f"{name}: {differ} voxels differ from the recorded output, by up to "
-                             f"{np.abs(output.astype(np.float64) - expected).max():.3g}")
+        tolerance = ROUNDING * float(np.abs(expected).max()) if expected.dtype.kind == "f" else 0.0
+        gap = np.abs(output.astype(np.float64) - expected)
+        differ = int(np.count_nonzero(gap > tolerance))
+        assert differ == 0, f"{name}: {differ} voxels differ from the recorded output, by up to {gap.max():.3g}"
