@@ -19,12 +19,16 @@ from typing import Any
 
 from torch import nn
 
+from models.cut import CUTDiscriminator, CUTGenerator, HeadsConfig, PatchNCEHeads
+from models.cyclegan import (BackwardConfig, CycleGANBackward, CycleGANBackwardDiscriminator, CycleGANDiscriminator,
+                             CycleGANGenerator, PatchGANConfig, ResnetConfig)
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
 from models.segmenter3d import Segmenter3D, Segmenter3DConfig
+from models.syndiff import SynDiffConfig, SynDiffDiscriminator, SynDiffGenerator, TimeDiscriminatorConfig
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators)
 from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
@@ -109,6 +113,26 @@ BUILT_IN: tuple[Family, ...] = (
             "tissnet_perceptual": (PerceptualSegmenter, PerceptualConfig)},
            schema="train.families.tissnet:TissNetTrainingConfig", trainer="train.families.tissnet:fit_tissnet",
            predictor="infer.predictors:tissnet_predictor"),
+    # Document 000's paired-translation families: 2D / 2.5D slices or full-3D patches (model.spatial_dims), the
+    # 2D generator refined by the refiner family; one trainer driver (train.families.translation).
+    Family("cyclegan", "CycleGAN: 9-block ResNet generators both ways, cycle, identity and paired terms (2D, 2.5D or 3D)",
+           {"cyclegan_generator": (CycleGANGenerator, ResnetConfig),
+            "cyclegan_discriminator": (CycleGANDiscriminator, PatchGANConfig),
+            "cyclegan_backward": (CycleGANBackward, BackwardConfig),
+            "cyclegan_backward_discriminator": (CycleGANBackwardDiscriminator, PatchGANConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.cyclegan:fit_cyclegan",
+           predictor="infer.predictors:translation_predictor"),
+    Family("cut", "CUT: ResNet generator with PatchNCE over four encoder layers plus the paired term (2D, 2.5D or 3D)",
+           {"cut_generator": (CUTGenerator, ResnetConfig), "cut_discriminator": (CUTDiscriminator, PatchGANConfig),
+            "cut_heads": (PatchNCEHeads, HeadsConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.cut:fit_cut",
+           predictor="infer.predictors:translation_predictor"),
+    Family("syndiff", "SynDiff: few-step adversarial diffusion, time-conditional generator and discriminator "
+                      "(2D, 2.5D or 3D)",
+           {"syndiff_generator": (SynDiffGenerator, SynDiffConfig),
+            "syndiff_discriminator": (SynDiffDiscriminator, TimeDiscriminatorConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.syndiff:fit_syndiff",
+           predictor="infer.predictors:translation_predictor"),
 )
 """The families of this repository, registered on import."""
 
