@@ -27,6 +27,8 @@ def test_feature_matching_is_l1_and_trains_only_the_fake_side():
     assert real[0].grad is None and fake[0].grad is not None
     with pytest.raises(ValueError):
         feature_matching(real, fake[:1])
+    # one list per scale (MONAI's multi-scale discriminator): the same mean over all layers
+    assert feature_matching([real[:1], real[1:]], [fake[:1], fake[1:]]).item() == pytest.approx(1.25)
 
 
 def test_r1_of_a_known_function():

@@ -45,13 +45,18 @@ def lsgan_discriminator(real_logits: Logits, fake_logits: Logits) -> torch.Tenso
     return 0.5 * (lsgan(real_logits, True) + lsgan(fake_logits, False))
 
 
-def feature_matching(real_features: Sequence[torch.Tensor], fake_features: Sequence[torch.Tensor]) -> torch.Tensor:
+def _flat(features: Sequence) -> list[torch.Tensor]:
+    return [t for f in features for t in ([f] if isinstance(f, torch.Tensor) else _flat(f))]
+
+
+def feature_matching(real_features: Sequence, fake_features: Sequence) -> torch.Tensor:
     """Mean over layers of the L1 distance between the discriminator's activations on the real and on the
-    generated input (the real ones detached: the term trains the generator only)."""
-    if len(real_features) != len(fake_features) or not real_features:
-        raise ValueError(f"feature lists differ or are empty ({len(real_features)} vs {len(fake_features)})")
-    return sum(F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real_features, fake_features)) \
-        / len(real_features)
+    generated input (the real ones detached: the term trains the generator only). Either a list of tensors or
+    one list per scale of a multi-scale discriminator (as MONAI's `MultiScalePatchDiscriminator` returns)."""
+    real, fake = _flat(real_features), _flat(fake_features)
+    if len(real) != len(fake) or not real:
+        raise ValueError(f"feature lists differ or are empty ({len(real)} vs {len(fake)} layers)")
+    return sum(F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real, fake)) / len(real)
 
 
 def r1_penalty(discriminator: Callable[[torch.Tensor], Logits], real: torch.Tensor) -> torch.Tensor:
