@@ -167,6 +167,10 @@ class PatchGANConfig:
 
     def __post_init__(self) -> None:
         _check_dims(self.spatial_dims)
+        smallest = 4 * 2 ** (self.n_layers * self.num_scales)
+        if self.image_size < smallest:
+            raise ValueError(f"{self.num_scales} scale(s) of {self.n_layers} layers need samples of at least "
+                             f"{smallest} per side, not {self.image_size}")
 
 
 class PatchGAN(nn.Module):
