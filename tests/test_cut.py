@@ -60,4 +60,4 @@ def test_training_steps_lower_the_paired_and_nce_losses(data, tmp_path):
 
 @pytest.mark.parametrize("regime", REGIMES)
 def test_every_regime_trains_and_runs_through_python_m_infer(regime, data, tmp_path):
-    run_regime("cut", regime, tmp_path, data, "model.discriminator.num_scales=1")  # 32^3 patches
+    run_regime("cut", regime, tmp_path, data)
