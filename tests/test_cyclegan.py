@@ -5,7 +5,8 @@ import torch
 
 from models.checkpoint import load_model, read_config
 from models.cyclegan import BackwardConfig, CycleGANBackward, CycleGANGenerator, PatchGAN, PatchGANConfig, ResnetConfig
-from translation_helpers import REGIMES, fit, losses, phantoms, run_regime
+from train.__main__ import main as train_main
+from translation_helpers import CONFIGS, REGIMES, fit, losses, phantoms, run_regime
 
 
 def test_the_9_block_generator_has_the_documented_size_and_runs_in_2d_and_3d():
@@ -37,6 +38,16 @@ def test_training_steps_lower_the_paired_and_cycle_losses(data, tmp_path):
     assert losses(tmp_path / "run", "identity").size == 12  # one input modality in 2D: the identity term is on
     assert read_config(generator)["family"] == "cyclegan"
     assert load_model(tmp_path / "run" / "cyclegan_backward").config.out_channels == 1
+
+
+def test_bad_patches_and_reused_run_folders_stop_with_one_line(data, tmp_path, capsys):
+    args = ["fit", "--config", str(CONFIGS / "cyclegan-cpu.yaml"), f"--data.roots=[{data}]",
+            f"--run.output={tmp_path}", "--model.spatial_dims=3", "--patch.size=[32,34,32]", "--run.progress=false"]
+    assert train_main(args) == 2
+    assert "patch.size [32, 34, 32]: every side must be a multiple of 4" in capsys.readouterr().err
+    (tmp_path / "generator").mkdir()
+    assert train_main(args) == 2
+    assert "exists already" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("regime", REGIMES)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from conventions.tasks import TaskSpec
 from infer.engine.patches import WINDOW_KEY
-from models.checkpoint import CheckpointMeta, kind_of, save_checkpoint
+from models.checkpoint import CheckpointMeta, save_checkpoint
 from train.config import ConfigError, DataConfig, PatchConfig, RunConfig
 from train.curves import CsvLog, plot_curves
 from train.data.cases import get_task
@@ -93,7 +93,7 @@ class TranslationTrainConfig:
 @dataclass
 class TranslationConfig:
     """A paired-translation configuration. `data` (slices) and, in 3D, `patch` (patch size and the sliding
-    window; `data.cache_dir` then holds the normalised volumes, default `run.output/volumes`)."""
+    window; the normalised volumes are kept in `volumes/` under `data.cache_dir`, or under `run.output`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
@@ -180,7 +180,7 @@ def patch_pairs(cfg: TranslationConfig, task: TaskSpec, target: int, inputs: lis
     norms = normalization(cfg, task)
     fill = norms[task.modalities[0]].background
     train_cases, _ = training_cases(cfg, task)
-    cases = cache_volumes(train_cases, task.modalities, norms, cfg.data.cache_dir or out / "volumes",
+    cases = cache_volumes(train_cases, task.modalities, norms, Path(cfg.data.cache_dir or out) / "volumes",
                           progress=cfg.run.progress)
     target_name = task.modalities[target]
     sampler = PatchSampler(cases, task.modalities, [target_name], cfg.patch.size, fill, cfg.train.seed,
@@ -201,6 +201,8 @@ def fit_translation(cfg: TranslationConfig, family: str,
         raise ConfigError(f"model.family is {cfg.model.family!r}, this trainer trains {family}")
     if cfg.model.spatial_dims not in (2, 3):
         raise ConfigError(f"model.spatial_dims must be 2 (slices) or 3 (patches), got {cfg.model.spatial_dims}")
+    if (Path(cfg.run.output) / "generator").exists():
+        raise FileExistsError(f"{Path(cfg.run.output) / 'generator'} exists already; choose another run.output")
     started, clock = now(), time.monotonic()
     task = get_task(cfg.data.task)
     target, inputs = single_target(task)
@@ -244,7 +246,7 @@ def fit_translation(cfg: TranslationConfig, family: str,
         views = () if three_d else tuple(cfg.data.views)
         for index, (kind, network) in enumerate(networks.items()):
             module = ema if index == 0 else network
-            meta = CheckpointMeta(kind=kind_of(module), task=task.name, modalities=task.modalities,
+            meta = CheckpointMeta(kind=kind, task=task.name, modalities=task.modalities,
                                   normalization=norms, views=views, provenance=record)
             save_checkpoint(module, out / ("generator" if index == 0 else kind), meta)
         return out
