@@ -19,8 +19,8 @@ from torch import nn
 from models.cut import CUTDiscriminator, CUTGenerator, HeadsConfig, PatchNCEHeads
 from models.cyclegan import PatchGANConfig, ResnetConfig
 from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, adam, apply, fit_translation,
-                                        NOT_DUE, flat, floats, network_config, with_inputs)
-from train.gan_terms import LazyR1, feature_matching, lsgan, lsgan_discriminator
+                                        NOT_DUE, floats, network_config, with_inputs)
+from train.gan_terms import LazyR1, feature_matching, lsgan_discriminator, lsgan_generator
 
 FAMILY = "cut"
 
@@ -61,7 +61,7 @@ class CUTTrainer:
             image_size=sizes.image_size)).to(device)
         self.opt_g = adam([self.generator, self.heads], cfg.optim)
         self.opt_d = adam([self.discriminator], cfg.optim)
-        self.paired = PairedLoss(cfg.loss)
+        self.paired = PairedLoss(cfg.loss, dims)
         self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
         self.locations = torch.Generator().manual_seed(cfg.train.seed)
 
@@ -81,13 +81,13 @@ class CUTTrainer:
     def step(self, pair: Pair, step: int, lr: float) -> dict[str, float]:
         w, optim = self.cfg.loss, self.cfg.optim
         fake = self.generator(pair.x)
-        total, terms = self.paired(fake, pair)
+        total, terms = self.paired(fake, pair.real)
         if w.adversarial or w.feature_matching:
             self.discriminator.requires_grad_(False)
             logits, feats = self.discriminator(fake)
-            terms["adversarial"] = lsgan(logits, True)
+            terms["adversarial"] = lsgan_generator(logits)
             if w.feature_matching:
-                terms["feature_matching"] = feature_matching(flat(self.discriminator(pair.real)[1]), flat(feats))
+                terms["feature_matching"] = feature_matching(self.discriminator(pair.real)[1], feats)
             self.discriminator.requires_grad_(True)
         if w.nce:
             terms["nce"] = self.nce(pair.x, fake)
@@ -99,8 +99,7 @@ class CUTTrainer:
                                                    self.discriminator(fake.detach())[0])}
         d_total = d_terms["d_target"]
         if self.r1.due(step):
-            real = pair.real.detach().requires_grad_(True)
-            d_terms["r1"] = self.r1(self.discriminator(real)[0], real)
+            d_terms["r1"] = self.r1(lambda y: self.discriminator(y)[0], pair.real)
             d_total = d_total + d_terms["r1"]
         else:
             d_terms["r1"] = NOT_DUE

@@ -18,8 +18,8 @@ from torch import nn
 from models.cyclegan import (BackwardConfig, CycleGANBackward, CycleGANBackwardDiscriminator, CycleGANDiscriminator,
                              CycleGANGenerator, PatchGANConfig, ResnetConfig)
 from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, adam, apply, fit_translation,
-                                        NOT_DUE, flat, floats, network_config, with_inputs)
-from train.gan_terms import LazyR1, feature_matching, lsgan, lsgan_discriminator
+                                        NOT_DUE, floats, network_config, with_inputs)
+from train.gan_terms import LazyR1, feature_matching, lsgan_discriminator, lsgan_generator
 
 FAMILY = "cyclegan"
 
@@ -44,7 +44,7 @@ class CycleGANTrainer:
             **disc)).to(device)
         self.opt_g = adam([self.generator, self.backward], cfg.optim)
         self.opt_d = adam([self.disc_target, self.disc_source], cfg.optim)
-        self.paired = PairedLoss(cfg.loss)
+        self.paired = PairedLoss(cfg.loss, dims)
         self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
         self.identity = bool(cfg.loss.identity) and len(sizes.inputs) == 1 and sizes.context_slices == 0
 
@@ -56,16 +56,16 @@ class CycleGANTrainer:
         w, optim, k = self.cfg.loss, self.cfg.optim, self.sizes.context_slices
         fake_y = self.generator(pair.x)
         fake_s = self.backward(pair.real)
-        total, terms = self.paired(fake_y, pair)
+        total, terms = self.paired(fake_y, pair.real)
         if w.adversarial or w.feature_matching:
             self.disc_target.requires_grad_(False)
             self.disc_source.requires_grad_(False)
             logits_y, feats_y = self.disc_target(fake_y)
             logits_s, _ = self.disc_source(fake_s)
-            terms["adversarial"] = lsgan(logits_y, True) + lsgan(logits_s, True)
+            terms["adversarial"] = lsgan_generator(logits_y) + lsgan_generator(logits_s)
             if w.feature_matching:
                 _, real_feats = self.disc_target(pair.real)
-                terms["feature_matching"] = feature_matching(flat(real_feats), flat(feats_y))
+                terms["feature_matching"] = feature_matching(real_feats, feats_y)
             self.disc_target.requires_grad_(True)
             self.disc_source.requires_grad_(True)
         if w.cycle:
@@ -85,9 +85,8 @@ class CycleGANTrainer:
                                                    self.disc_source(fake_s.detach())[0])}
         d_total = d_terms["d_target"] + d_terms["d_source"]
         if self.r1.due(step):
-            real_y, real_s = pair.real.detach().requires_grad_(True), pair.source.detach().requires_grad_(True)
-            d_terms["r1"] = (self.r1(self.disc_target(real_y)[0], real_y)
-                             + self.r1(self.disc_source(real_s)[0], real_s))
+            d_terms["r1"] = (self.r1(lambda y: self.disc_target(y)[0], pair.real)
+                             + self.r1(lambda s: self.disc_source(s)[0], pair.source))
             d_total = d_total + d_terms["r1"]
         else:
             d_terms["r1"] = NOT_DUE

@@ -39,7 +39,7 @@ class SynDiffTrainer:
             image_size=sizes.image_size)).to(device)
         self.opt_g = adam([self.generator], cfg.optim)
         self.opt_d = adam([self.discriminator], cfg.optim)
-        self.paired = PairedLoss(cfg.loss)
+        self.paired = PairedLoss(cfg.loss, dims)
         self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
 
     def networks(self) -> dict[str, nn.Module]:
@@ -58,14 +58,13 @@ class SynDiffTrainer:
                    "d_fake": F.softplus(self.discriminator(fake_t.detach(), x_next, t)).mean()}
         d_total = d_terms["d_real"] + d_terms["d_fake"]
         if self.r1.due(step):
-            real = x_t.detach().requires_grad_(True)
-            d_terms["r1"] = self.r1(self.discriminator(real, x_next, t), real)
+            d_terms["r1"] = self.r1(lambda y: self.discriminator(y, x_next, t), x_t)
             d_total = d_total + d_terms["r1"]
         else:
             d_terms["r1"] = NOT_DUE
         apply(self.opt_d, d_total, lr * optim.d_lr_factor, optim.grad_clip)
 
-        total, terms = self.paired(x0, pair)
+        total, terms = self.paired(x0, pair.real)
         if w.adversarial:
             self.discriminator.requires_grad_(False)
             terms["adversarial"] = F.softplus(-self.discriminator(fake_t, x_next, t)).mean()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from monai.losses import SSIMLoss
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ from train.data.cases import get_task
 from train.data.sampler import ShardedBatches
 from train.data.volumes import cache_volumes
 from train.distributed import DistContext, init_distributed, shutdown
-from train.gan_terms import GanTermWeights, edge_loss, ema_copy, ema_update, ssim_term
+from train.gan_terms import EMAGenerator, edge_loss
 from train.loop import single_target
 from train.run import build_data, image_size, make_loader, normalization, now, prepare_output, training_cases
 from train.schedule import set_lr, warmup_cosine
@@ -54,12 +55,19 @@ class TranslationModelConfig:
 
 
 @dataclass
-class TranslationLossConfig(GanTermWeights):
-    """`train.gan_terms.GanTermWeights` (the paired l1 + ssim + edge term, adversarial, feature_matching, r1
-    every r1_every steps, ema_decay of the inference generator) plus the family terms: cycle and identity
-    (CycleGAN), nce, nce_temperature and nce_locations (CUT's PatchNCE). SynDiff's adversarial term is
-    non-saturating, the others' LSGAN."""
+class TranslationLossConfig:
+    """Weights (0 = off) and settings of the generator and discriminator terms (`train.gan_terms`). Paired
+    term: l1, ssim, edge (on the target). adversarial: LSGAN (SynDiff: non-saturating); feature_matching on the
+    discriminator's intermediate features; r1 (gamma) every r1_every steps. cycle / identity: CycleGAN. nce,
+    nce_temperature, nce_locations: CUT's PatchNCE."""
 
+    l1: float = 10.0
+    ssim: float = 8.0
+    edge: float = 2.0
+    adversarial: float = 1.0
+    feature_matching: float = 10.0
+    r1: float = 10.0
+    r1_every: int = 16
     cycle: float = 10.0
     identity: float = 5.0
     nce: float = 1.0
@@ -83,11 +91,13 @@ class TranslationOptimConfig:
 
 @dataclass
 class TranslationTrainConfig:
-    """steps: optimizer steps (batches), each on `batch_size` slices or patches; seed: weights and sampling."""
+    """steps: optimizer steps (batches), each on `batch_size` slices or patches; seed: weights and sampling;
+    ema_decay: the EMA of the generator that is written as `generator/` (inference runs it)."""
 
     batch_size: int = 4
     steps: int = 20000
     seed: int = 0
+    ema_decay: float = 0.999
 
 
 @dataclass
@@ -229,14 +239,14 @@ def fit_translation(cfg: TranslationConfig, family: str,
         else:
             pairs, data = slice_pairs(cfg, ctx, task, target, inputs, context)
             norms, extra = data.norms, {}
-        ema = ema_copy(generator)
+        ema = EMAGenerator(generator, cfg.train.ema_decay)
         log = CsvLog(out / "log.csv")
         total, warmup = cfg.train.steps, max(min(cfg.optim.warmup_steps, cfg.train.steps), 1)
         with tqdm(total=total, desc=family, unit="step", disable=not cfg.run.progress) as bar:
             for step, pair in zip(range(total), pairs):
                 lr = warmup_cosine(step, total, cfg.optim.lr, warmup, cfg.optim.min_lr_fraction)
                 logs = trainer.step(pair, step, lr)
-                ema_update(ema, generator, cfg.loss.ema_decay)
+                ema.update(generator)
                 log.append({"step": step + 1, **logs, "lr": lr})
                 bar.update()
         plot_curves(out / "log.csv", out / "curves.png")
@@ -245,7 +255,7 @@ def fit_translation(cfg: TranslationConfig, family: str,
                   "time": {"started": started, "finished": now(), "train_seconds": round(seconds, 1)}, **extra}
         views = () if three_d else tuple(cfg.data.views)
         for index, (kind, network) in enumerate(networks.items()):
-            module = ema if index == 0 else network
+            module = ema.module if index == 0 else network
             meta = CheckpointMeta(kind=kind, task=task.name, modalities=task.modalities,
                                   normalization=norms, views=views, provenance=record)
             save_checkpoint(module, out / ("generator" if index == 0 else kind), meta)
@@ -264,21 +274,25 @@ def with_inputs(x: torch.Tensor, values: torch.Tensor, inputs: tuple[int, ...], 
     return out
 
 
-class PairedLoss:
-    """The paired term: `l1` L1 + `ssim` (1 - SSIM over the target's foreground) + `edge` edge term
-    (`train.gan_terms`), each only when its weight is not 0; returns the weighted total and each term."""
+class PairedLoss(nn.Module):
+    """The paired term: `l1` L1 + `ssim` (1 - SSIM, MONAI's, over the batch target's data range) + `edge` edge
+    term (`train.gan_terms.edge_loss`), each only when its weight is not 0; returns the weighted total and each
+    term."""
 
-    def __init__(self, weights: TranslationLossConfig) -> None:
+    def __init__(self, weights: TranslationLossConfig, spatial_dims: int) -> None:
+        super().__init__()
         self.weights = weights
+        self.ssim = SSIMLoss(spatial_dims=spatial_dims)
 
-    def __call__(self, fake: torch.Tensor, pair: Pair) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w, terms = self.weights, {}
         if w.l1:
-            terms["l1"] = F.l1_loss(fake, pair.real)
+            terms["l1"] = F.l1_loss(fake, real)
         if w.ssim:
-            terms["ssim"] = ssim_term(fake, pair.real, pair.real != pair.fill)
+            self.ssim.data_range = float((real.max() - real.min()).detach()) or 1.0
+            terms["ssim"] = self.ssim(fake.float(), real.float())
         if w.edge:
-            terms["edge"] = edge_loss(fake, pair.real)
+            terms["edge"] = edge_loss(fake, real)
         total = sum(getattr(w, name) * value for name, value in terms.items())
         return total, terms
 
@@ -299,11 +313,6 @@ def apply(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_
 
 NOT_DUE = torch.tensor(float("nan"))
 """The logged value of a lazy term on a step it does not run (every row of the log has every column)."""
-
-
-def flat(features: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    """The intermediate features of every scale of a multi-scale discriminator, in one list."""
-    return [f for scale in features for f in scale]
 
 
 def floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
