@@ -97,7 +97,7 @@ def patch_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) ->
 
 def translation_predictor(weights: Path, task: TaskSpec, options: PredictorOptions
                           ) -> VolumePredictor | PatchVolumePredictor:
-    """A document-000 translation generator (CycleGAN, CUT, SynDiff): trained on slices (`spatial_dims` 2) it
+    """A generator of document 000's paired-translation families (`train.families.translation`): trained on slices (`spatial_dims` 2) it
     runs as a slice generator, on 3D patches (3) by overlapping windows."""
     arch = read_config(weights)["arch"]
     return (patch_predictor if arch.get("spatial_dims", 2) == 3 else slice_predictor)(weights, task, options)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.nets import MultiScalePatchDiscriminator
+from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 SPATIAL_DIMS: tuple[int, ...] = (2, 3)
@@ -155,8 +155,9 @@ class CycleGANBackward(nn.Module):
 
 @dataclass(frozen=True)
 class PatchGANConfig:
-    """`num_scales` PatchGANs (MONAI `MultiScalePatchDiscriminator`: scale i has n_layers * (i + 1) stride-2
-    convs) on `in_channels`; image_size: the smallest side they see (a slice, or a patch side)."""
+    """`num_scales` PatchGANs of `n_layers` stride-2 convs from `base` channels (MONAI `PatchDiscriminator`),
+    scale i on the input down-sampled i times by 2 (pix2pixHD); image_size: the smallest side they see (a
+    slice, or a patch side)."""
 
     in_channels: int = 1
     spatial_dims: int = 2
@@ -167,6 +168,10 @@ class PatchGANConfig:
 
     def __post_init__(self) -> None:
         _check_dims(self.spatial_dims)
+        smallest = 4 * 2 ** (self.n_layers + self.num_scales - 1)
+        if self.image_size < smallest:
+            raise ValueError(f"{self.num_scales} scale(s) of {self.n_layers} layers need samples of at least "
+                             f"{smallest} per side, not {self.image_size}")
 
 
 class PatchGAN(nn.Module):
@@ -176,13 +181,22 @@ class PatchGAN(nn.Module):
     def __init__(self, config: PatchGANConfig = PatchGANConfig()) -> None:
         super().__init__()
         self.config = config
-        self.net = MultiScalePatchDiscriminator(num_d=config.num_scales, num_layers_d=config.n_layers,
-                                                spatial_dims=config.spatial_dims, channels=config.base,
-                                                in_channels=config.in_channels, norm="INSTANCE",
-                                                minimum_size_im=config.image_size)
+        self.scales = nn.ModuleList(PatchDiscriminator(spatial_dims=config.spatial_dims, channels=config.base,
+                                                       in_channels=config.in_channels, num_layers_d=config.n_layers,
+                                                       norm="INSTANCE")
+                                    for _ in range(config.num_scales))
+        self.pool = (nn.AvgPool2d, nn.AvgPool3d)[config.spatial_dims - 2](3, stride=2, padding=1,
+                                                                           count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        return self.net(x)
+        logits, features = [], []
+        for index, scale in enumerate(self.scales):
+            if index:
+                x = self.pool(x)
+            out = scale(x)
+            logits.append(out[-1])
+            features.append(out[:-1])
+        return logits, features
 
 
 class CycleGANDiscriminator(PatchGAN):

@@ -36,7 +36,7 @@ class SynDiffConfig:
     context_slices: int = 0
     num_views: int = 0
     spatial_dims: int = 2
-    channels: tuple[int, ...] = (64, 64, 128, 128, 256, 256)
+    channels: tuple[int, ...] = (32, 64, 64, 128, 128, 128)
     num_res_blocks: int = 2
     attention_levels: tuple[bool, ...] = (False, False, False, False, True, False)
     norm_groups: int = 32
@@ -161,7 +161,7 @@ class TimeDiscriminatorConfig:
 
     spatial_dims: int = 2
     image_size: int = 256
-    channels: tuple[int, ...] = (64, 128, 256, 256, 512)
+    channels: tuple[int, ...] = (32, 64, 128, 128, 128)
     num_res_blocks: int = 1
     norm_groups: int = 32
 

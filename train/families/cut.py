@@ -19,8 +19,8 @@ from torch import nn
 from models.cut import CUTDiscriminator, CUTGenerator, HeadsConfig, PatchNCEHeads
 from models.cyclegan import PatchGANConfig, ResnetConfig
 from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, adam, apply, fit_translation,
-                                        floats, network_config, with_inputs)
-from train.gan_terms import feature_matching, lsgan_discriminator, lsgan_generator, r1_penalty
+                                        NOT_DUE, floats, network_config, with_inputs)
+from train.gan_terms import LazyR1, feature_matching, lsgan_discriminator, lsgan_generator
 
 FAMILY = "cut"
 
@@ -62,6 +62,7 @@ class CUTTrainer:
         self.opt_g = adam([self.generator, self.heads], cfg.optim)
         self.opt_d = adam([self.discriminator], cfg.optim)
         self.paired = PairedLoss(cfg.loss, dims)
+        self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
         self.locations = torch.Generator().manual_seed(cfg.train.seed)
 
     def networks(self) -> dict[str, nn.Module]:
@@ -97,9 +98,11 @@ class CUTTrainer:
         d_terms = {"d_target": lsgan_discriminator(self.discriminator(pair.real)[0],
                                                    self.discriminator(fake.detach())[0])}
         d_total = d_terms["d_target"]
-        if w.r1 and step % w.r1_every == 0:
-            d_terms["r1"] = r1_penalty(lambda y: self.discriminator(y)[0], pair.real)
-            d_total = d_total + w.r1 * w.r1_every * d_terms["r1"]
+        if self.r1.due(step):
+            d_terms["r1"] = self.r1(lambda y: self.discriminator(y)[0], pair.real)
+            d_total = d_total + d_terms["r1"]
+        else:
+            d_terms["r1"] = NOT_DUE
         apply(self.opt_d, d_total, lr * optim.d_lr_factor, optim.grad_clip)
         return floats({**terms, "g_total": total, **d_terms, "d_total": d_total})
 

@@ -18,8 +18,8 @@ from torch import nn
 from models.cyclegan import (BackwardConfig, CycleGANBackward, CycleGANBackwardDiscriminator, CycleGANDiscriminator,
                              CycleGANGenerator, PatchGANConfig, ResnetConfig)
 from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, adam, apply, fit_translation,
-                                        floats, network_config, with_inputs)
-from train.gan_terms import feature_matching, lsgan_discriminator, lsgan_generator, r1_penalty
+                                        NOT_DUE, floats, network_config, with_inputs)
+from train.gan_terms import LazyR1, feature_matching, lsgan_discriminator, lsgan_generator
 
 FAMILY = "cyclegan"
 
@@ -45,6 +45,7 @@ class CycleGANTrainer:
         self.opt_g = adam([self.generator, self.backward], cfg.optim)
         self.opt_d = adam([self.disc_target, self.disc_source], cfg.optim)
         self.paired = PairedLoss(cfg.loss, dims)
+        self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
         self.identity = bool(cfg.loss.identity) and len(sizes.inputs) == 1 and sizes.context_slices == 0
 
     def networks(self) -> dict[str, nn.Module]:
@@ -83,10 +84,12 @@ class CycleGANTrainer:
                    "d_source": lsgan_discriminator(self.disc_source(pair.source)[0],
                                                    self.disc_source(fake_s.detach())[0])}
         d_total = d_terms["d_target"] + d_terms["d_source"]
-        if w.r1 and step % w.r1_every == 0:
-            d_terms["r1"] = (r1_penalty(lambda y: self.disc_target(y)[0], pair.real)
-                             + r1_penalty(lambda s: self.disc_source(s)[0], pair.source))
-            d_total = d_total + w.r1 * w.r1_every * d_terms["r1"]
+        if self.r1.due(step):
+            d_terms["r1"] = (self.r1(lambda y: self.disc_target(y)[0], pair.real)
+                             + self.r1(lambda s: self.disc_source(s)[0], pair.source))
+            d_total = d_total + d_terms["r1"]
+        else:
+            d_terms["r1"] = NOT_DUE
         apply(self.opt_d, d_total, lr * optim.d_lr_factor, optim.grad_clip)
         return floats({**terms, "g_total": total, **d_terms, "d_total": d_total})
 

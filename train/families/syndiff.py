@@ -18,8 +18,8 @@ from torch import nn
 
 from models.syndiff import SynDiffConfig, SynDiffDiscriminator, SynDiffGenerator, TimeDiscriminatorConfig
 from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, adam, apply, fit_translation,
-                                        floats, network_config)
-from train.gan_terms import r1_penalty
+                                        NOT_DUE, floats, network_config)
+from train.gan_terms import LazyR1
 
 FAMILY = "syndiff"
 
@@ -40,6 +40,7 @@ class SynDiffTrainer:
         self.opt_g = adam([self.generator], cfg.optim)
         self.opt_d = adam([self.discriminator], cfg.optim)
         self.paired = PairedLoss(cfg.loss, dims)
+        self.r1 = LazyR1(cfg.loss.r1, cfg.loss.r1_every)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"syndiff_generator": self.generator, "syndiff_discriminator": self.discriminator}
@@ -56,9 +57,11 @@ class SynDiffTrainer:
         d_terms = {"d_real": F.softplus(-self.discriminator(x_t, x_next, t)).mean(),
                    "d_fake": F.softplus(self.discriminator(fake_t.detach(), x_next, t)).mean()}
         d_total = d_terms["d_real"] + d_terms["d_fake"]
-        if w.r1 and step % w.r1_every == 0:
-            d_terms["r1"] = r1_penalty(lambda y: self.discriminator(y, x_next, t), x_t)
-            d_total = d_total + w.r1 * w.r1_every * d_terms["r1"]
+        if self.r1.due(step):
+            d_terms["r1"] = self.r1(lambda y: self.discriminator(y, x_next, t), x_t)
+            d_total = d_total + d_terms["r1"]
+        else:
+            d_terms["r1"] = NOT_DUE
         apply(self.opt_d, d_total, lr * optim.d_lr_factor, optim.grad_clip)
 
         total, terms = self.paired(x0, pair.real)

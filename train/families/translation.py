@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from conventions.tasks import TaskSpec
 from infer.engine.patches import WINDOW_KEY
-from models.checkpoint import CheckpointMeta, kind_of, save_checkpoint
+from models.checkpoint import CheckpointMeta, save_checkpoint
 from train.config import ConfigError, DataConfig, PatchConfig, RunConfig
 from train.curves import CsvLog, plot_curves
 from train.data.cases import get_task
@@ -56,9 +56,9 @@ class TranslationModelConfig:
 
 @dataclass
 class TranslationLossConfig:
-    """Weights (0 = off) and settings of the generator and discriminator terms. Paired term: l1, ssim, edge
-    (on the target). adversarial: LSGAN (CycleGAN, CUT) or non-saturating (SynDiff); feature_matching on the
-    discriminator's intermediate features; r1 every r1_every steps. cycle / identity: CycleGAN. nce,
+    """Weights (0 = off) and settings of the generator and discriminator terms (`train.gan_terms`). Paired
+    term: l1, ssim, edge (on the target). adversarial: LSGAN (SynDiff: non-saturating); feature_matching on the
+    discriminator's intermediate features; r1 (gamma) every r1_every steps. cycle / identity: CycleGAN. nce,
     nce_temperature, nce_locations: CUT's PatchNCE."""
 
     l1: float = 10.0
@@ -66,7 +66,7 @@ class TranslationLossConfig:
     edge: float = 2.0
     adversarial: float = 1.0
     feature_matching: float = 10.0
-    r1: float = 1.0
+    r1: float = 10.0
     r1_every: int = 16
     cycle: float = 10.0
     identity: float = 5.0
@@ -91,19 +91,19 @@ class TranslationOptimConfig:
 
 @dataclass
 class TranslationTrainConfig:
-    """steps: optimizer steps (batches); ema_decay: the inference generator's EMA; amp: bf16 autocast on a GPU."""
+    """steps: optimizer steps (batches), each on `batch_size` slices or patches; seed: weights and sampling;
+    ema_decay: the EMA of the generator that is written as `generator/` (inference runs it)."""
 
     batch_size: int = 4
     steps: int = 20000
     seed: int = 0
     ema_decay: float = 0.999
-    amp: bool = False
 
 
 @dataclass
 class TranslationConfig:
     """A paired-translation configuration. `data` (slices) and, in 3D, `patch` (patch size and the sliding
-    window; `data.cache_dir` then holds the normalised volumes, default `run.output/volumes`)."""
+    window; the normalised volumes are kept in `volumes/` under `data.cache_dir`, or under `run.output`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
@@ -190,7 +190,7 @@ def patch_pairs(cfg: TranslationConfig, task: TaskSpec, target: int, inputs: lis
     norms = normalization(cfg, task)
     fill = norms[task.modalities[0]].background
     train_cases, _ = training_cases(cfg, task)
-    cases = cache_volumes(train_cases, task.modalities, norms, cfg.data.cache_dir or out / "volumes",
+    cases = cache_volumes(train_cases, task.modalities, norms, Path(cfg.data.cache_dir or out) / "volumes",
                           progress=cfg.run.progress)
     target_name = task.modalities[target]
     sampler = PatchSampler(cases, task.modalities, [target_name], cfg.patch.size, fill, cfg.train.seed,
@@ -211,6 +211,8 @@ def fit_translation(cfg: TranslationConfig, family: str,
         raise ConfigError(f"model.family is {cfg.model.family!r}, this trainer trains {family}")
     if cfg.model.spatial_dims not in (2, 3):
         raise ConfigError(f"model.spatial_dims must be 2 (slices) or 3 (patches), got {cfg.model.spatial_dims}")
+    if (Path(cfg.run.output) / "generator").exists():
+        raise FileExistsError(f"{Path(cfg.run.output) / 'generator'} exists already; choose another run.output")
     started, clock = now(), time.monotonic()
     task = get_task(cfg.data.task)
     target, inputs = single_target(task)
@@ -254,7 +256,7 @@ def fit_translation(cfg: TranslationConfig, family: str,
         views = () if three_d else tuple(cfg.data.views)
         for index, (kind, network) in enumerate(networks.items()):
             module = ema.module if index == 0 else network
-            meta = CheckpointMeta(kind=kind_of(module), task=task.name, modalities=task.modalities,
+            meta = CheckpointMeta(kind=kind, task=task.name, modalities=task.modalities,
                                   normalization=norms, views=views, provenance=record)
             save_checkpoint(module, out / ("generator" if index == 0 else kind), meta)
         return out
@@ -274,7 +276,8 @@ def with_inputs(x: torch.Tensor, values: torch.Tensor, inputs: tuple[int, ...], 
 
 class PairedLoss(nn.Module):
     """The paired term: `l1` L1 + `ssim` (1 - SSIM, MONAI's, over the batch target's data range) + `edge` edge
-    term, each only when its weight is not 0; returns the weighted total and each term."""
+    term (`train.gan_terms.edge_loss`), each only when its weight is not 0; returns the weighted total and each
+    term."""
 
     def __init__(self, weights: TranslationLossConfig, spatial_dims: int) -> None:
         super().__init__()
@@ -287,7 +290,7 @@ class PairedLoss(nn.Module):
             terms["l1"] = F.l1_loss(fake, real)
         if w.ssim:
             self.ssim.data_range = float((real.max() - real.min()).detach()) or 1.0
-            terms["ssim"] = self.ssim(fake, real)
+            terms["ssim"] = self.ssim(fake.float(), real.float())
         if w.edge:
             terms["edge"] = edge_loss(fake, real)
         total = sum(getattr(w, name) * value for name, value in terms.items())
@@ -308,7 +311,11 @@ def apply(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_
     optimizer.step()
 
 
+NOT_DUE = torch.tensor(float("nan"))
+"""The logged value of a lazy term on a step it does not run (every row of the log has every column)."""
+
+
 def floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     """The logged values (one device sync)."""
-    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+    values = torch.stack([v.detach().float().cpu() for v in terms.values()]).tolist()
     return dict(zip(terms, values))
