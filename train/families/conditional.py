@@ -23,8 +23,8 @@ from torch import nn
 from models.cyclegan import PatchGANConfig
 from models.families import FAMILIES, Network
 from train.config import ConfigError
-from train.families.translation import (Pair, PairedLoss, Sizes, TranslationConfig, TranslationTrainConfig, adam,
-                                        apply, fit_translation, floats, network_config)
+from train.families.translation import (NOT_DUE, Pair, PairedLoss, Sizes, TranslationConfig, TranslationTrainConfig,
+                                        adam, apply, fit_translation, floats, network_config)
 from train.gan_terms import LazyR1, feature_matching, lsgan_discriminator, lsgan_generator
 
 
@@ -73,11 +73,11 @@ class ConditionalGanTrainer:
 
         d_adversarial = lsgan_discriminator(self._discriminate(pair.source, pair.real)[0],
                                             self._discriminate(pair.source, fake.detach())[0])
-        r1 = self.r1(lambda y: self._discriminate(pair.source, y)[0], pair.real) if self.r1.due(step) else None
-        d_total = d_adversarial if r1 is None else d_adversarial + r1
+        due = self.r1.due(step)
+        r1 = self.r1(lambda y: self._discriminate(pair.source, y)[0], pair.real) if due else NOT_DUE
+        d_total = d_adversarial + r1 if due else d_adversarial
         apply(self.opt_d, d_total, lr * optim.d_lr_factor, optim.grad_clip)
-        logs = floats({**terms, "g_total": total, "d_adversarial": d_adversarial, "d_total": d_total})
-        return {**logs, "r1": math.nan if r1 is None else float(r1.detach())}  # the penalty is lazy: NaN between
+        return floats({**terms, "g_total": total, "d_adversarial": d_adversarial, "r1": r1, "d_total": d_total})
 
 
 @dataclass
