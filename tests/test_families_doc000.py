@@ -104,7 +104,8 @@ def test_2d_with_3d_refinement(family, runs_2d, phantoms, tmp_path):
                "--patch.size=[24,24,24]", "--model.refiner={width: 8, n_blocks: 1}", "--train.steps=2"]
     assert train_main(["refiner", *refiner]) == 0
     plain = infer(inputs, tmp_path / "plain", runs_2d[family], ultrasound, "--refine", "none")
-    refined = infer(inputs, tmp_path / "out", runs_2d[family], ultrasound, "--refine", str(tmp_path / "ref" / "refiner"))
+    refined = infer(inputs, tmp_path / "out", runs_2d[family], ultrasound,
+                    "--refine", str(tmp_path / "ref" / "refiner"))
     assert not np.array_equal(plain, refined)  # the trained refiner changed the synthesis
 
 
