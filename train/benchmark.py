@@ -24,7 +24,8 @@ stages (e.g. one full-3D config shared by several families) train once.
 Held-out cases: the validation cases of `data.split` (or `data.val_cases`) under `data.roots`, and each folder of
 `data.extra`. Output (`output`): `train/` (the runs), `results/<family>-<regime>/` (inputs, predictions,
 `result.json`), `per_case.csv`, `summary.csv`, `report.md`, `fidelity.png`, `utility.png`. With `--resume`
-finished stages and runs are skipped (an interrupted GAN training continues from its last state).
+finished stages and runs are skipped (an interrupted GAN training continues from its last state). A run that
+fails is reported and the others go on; the exit status is then 1 (2: a configuration or setup error).
 """
 from __future__ import annotations
 
@@ -59,7 +60,6 @@ from infer.evaluate.lpips import LINEAR_FILE, TRUNK_FILE, LPIPS, load_lpips
 from infer.evaluate.scoring import load_volume, prediction_file
 from infer.evaluate.statistics import (bootstrap_ci, correlations, paired_wilcoxon, smallest_wilcoxon_p,
                                        utility_ratio)
-from infer.holdout import link_inputs
 from infer.predictors import PredictorOptions, build_predictor
 from models.checkpoint import read_config
 from models.families import Family, get_family, resolve
@@ -73,6 +73,7 @@ DOWNSTREAM_METRICS: tuple[str, ...] = (*(f"dice_{r}" for r in REGION_NAMES), *(f
 UTILITY_METRICS: tuple[str, ...] = ("utility_dice", "utility_nsd2mm")
 CASE_METRICS: tuple[str, ...] = (*FIDELITY_METRICS, *DOWNSTREAM_METRICS, *UTILITY_METRICS)
 REPORT_DOWNSTREAM: tuple[str, ...] = ("dice_WT", "nsd2mm_WT", "hd95_WT")
+NOT_CONFIGURED = "not configured"
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,12 @@ class FamilyConfigs:
 
 
 def _family_configs(name: str, spec: Any) -> FamilyConfigs:
-    stages = {k: {"config": v} if isinstance(v, str) else v for k, v in (spec or {}).items()}
-    return from_dict(FamilyConfigs, stages, f"families.{name}.")
+    spec = spec or {}
+    known = [f.name for f in dataclasses.fields(FamilyConfigs)]
+    if not isinstance(spec, dict) or set(spec) - set(known):
+        raise ConfigError(f"families.{name}: expected a mapping with some of {', '.join(known)}, got {spec!r}")
+    return FamilyConfigs(**{k: from_dict(Stage, {"config": v} if isinstance(v, str) else v, f"families.{name}.{k}.")
+                            for k, v in spec.items() if v is not None})
 
 
 @dataclass
@@ -338,7 +343,12 @@ def synthesise(trained: Trained, cases: Sequence[Case], task: TaskSpec, folder: 
     """The held-out cases' targets synthesised into `folder/pred` (inputs linked in `folder/inputs`); returns
     the seconds per case (reading, synthesis, writing)."""
     target = task.requested_targets[0]
-    link_inputs([c.files for c in cases], target, folder / "inputs")
+    for case in cases:
+        (folder / "inputs" / case.name).mkdir(parents=True, exist_ok=True)
+        for modality in task.inputs_for(target):
+            link = folder / "inputs" / case.name / case.files.files[modality].name
+            if not link.is_symlink():
+                link.symlink_to(case.files.files[modality].resolve())
     refine = str(trained.refiner) if trained.refiner is not None else NO_REFINER
     options = PredictorOptions(device=device, refine=refine, precision="fp32")
     predictor = build_predictor(trained.weights, task, options)
@@ -411,10 +421,11 @@ def benchmark_run(cfg: BenchmarkConfig, base: Path, family: str, regime: str, ta
             return result
     trained = train_run(cfg, base, family, regime, task, resume)
     if trained is None:
-        return {"family": family, "regime": regime, "status": "not configured", "cases": []}
+        return {"family": family, "regime": regime, "status": NOT_CONFIGURED, "cases": []}
     seconds = synthesise(trained, cases, task, folder, pick_device(cfg.device, 0))
     params = parameters(trained.weights) + (parameters(trained.refiner) if trained.refiner else 0)
-    result = {"family": family, "regime": regime, "status": "ok", "trained": trained.families,
+    model = "+".join(p.parent.name for p in (trained.weights, trained.refiner) if p is not None)
+    result = {"family": family, "regime": regime, "status": "ok", "trained": trained.families, "model": model,
               "parameters": params, "seconds_per_case": seconds, "train_seconds": trained.train_seconds,
               "cases": score_run(cases, task, folder / "pred", lpips, downstream)}
     stored.write_text(json.dumps(result, indent=1))
@@ -429,7 +440,7 @@ def summarize(results: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[
     done = [r for r in results if r["status"] == "ok"]
     rows = []
     for r in done:
-        row: dict[str, Any] = {k: r[k] for k in ("family", "regime", "parameters", "seconds_per_case",
+        row: dict[str, Any] = {k: r[k] for k in ("family", "regime", "model", "parameters", "seconds_per_case",
                                                   "train_seconds")}
         row["trained"] = "+".join(r["trained"])
         row["n"] = len(r["cases"])
@@ -455,8 +466,10 @@ def summarize(results: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[
 
 
 def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Across runs: each fidelity metric's mean against each utility's mean."""
-    return [{"metric": m, "utility": u, **correlations([r[m] for r in rows], [r[u] for r in rows])}
+    """Across trained models (runs that share their training stages count once): each fidelity metric's mean
+    against each utility's mean."""
+    models = list({r["model"]: r for r in rows}.values())
+    return [{"metric": m, "utility": u, **correlations([r[m] for r in models], [r[u] for r in models])}
             for m in FIDELITY_METRICS for u in UTILITY_METRICS]
 
 
@@ -503,14 +516,16 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
               "Dice WT", "NSD2mm WT", "HD95 WT (mm)", "utility Dice", "utility NSD2mm"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
-        cells = [row["family"], REGIMES[row["regime"]].label, row["trained"], f"{row['parameters'] / 1e6:.2f} M",
+        cells = [row["family"], REGIMES[row["regime"]].label, row["trained"], f"{row['parameters'] / 1e6:.3g} M",
                  f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2), _ci(row, "mae"),
                  _ci(row, "lpips"), *(_ci(row, m, 2 if m.startswith("hd95") else 3) for m in REPORT_DOWNSTREAM),
                  _ci(row, "utility_dice"), _ci(row, "utility_nsd2mm")]
         lines.append("| " + " | ".join(cells) + " |")
-    skipped = [f"{r['family']} {REGIMES[r['regime']].label}" for r in results if r["status"] != "ok"]
+    skipped = [f"{r['family']} {REGIMES[r['regime']].label}" for r in results if r["status"] == NOT_CONFIGURED]
     if skipped:
         lines += ["", f"Not run (no config for the regime in the benchmark config): {', '.join(skipped)}."]
+    lines += [f"{r['family']} {REGIMES[r['regime']].label}: {r['status']}" for r in results
+              if r["status"] not in ("ok", NOT_CONFIGURED)]
     tested = [m for m in (*FIDELITY_METRICS, *UTILITY_METRICS) if any(f"{m}_p" in row for row in rows)]
     lines += ["", "## Paired Wilcoxon signed-rank tests against the best run of each metric", "",
               f"Two-sided p-values over the {n} held-out case(s); 'best' marks the best run. With {n} pairs the "
@@ -522,8 +537,9 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
         cells = ["best" if f"{m}_p" in row and row[f"{m}_p"] is None else _fmt(row.get(f"{m}_p")) for m in tested]
         lines.append(f"| {row['family']} | {REGIMES[row['regime']].label} | " + " | ".join(cells) + " |")
     if downstream:
-        lines += ["", "## Fidelity against downstream utility, across runs", "",
-                  "| metric | utility | runs | Pearson r (p) | Spearman rho (p) |", "|" + " --- |" * 5]
+        lines += ["", "## Fidelity against downstream utility, across trained models", "",
+                  "Runs that share their training stages (e.g. one full-3D generator for several families) count "
+                  "once.", "", "| metric | utility | models | Pearson r (p) | Spearman rho (p) |", "|" + " --- |" * 5]
         for c in metric_correlations(rows):
             lines.append(f"| {c['metric']} | {c['utility']} | {c['n']} | {_fmt(c['pearson_r'])} "
                          f"({_fmt(c['pearson_p'])}) | {_fmt(c['spearman_rho'])} ({_fmt(c['spearman_p'])}) |")
@@ -567,8 +583,9 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path, downstream: bool) -> N
     plt.close(fig)
 
 
-def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> Path:
-    """The whole benchmark (see the module docstring); returns the report's path."""
+def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tuple[Path, bool]:
+    """The whole benchmark (see the module docstring); returns the report's path and whether every configured
+    run finished (a failed run is reported and the others go on)."""
     task = get_task(cfg.task)
     if len(task.requested_targets) != 1:
         raise ConfigError(f"task {task.name}: the benchmark needs one default target")
@@ -583,8 +600,15 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> Pat
         from infer.segment import load_segmenter
 
         downstream = Downstream(load_segmenter(cfg.segmenter, device=cfg.device), out / "real-segmentation")
-    results = [benchmark_run(cfg, base, family, regime, task, cases, lpips, downstream, resume)
-               for family in cfg.families for regime in cfg.regimes]
+    results = []
+    for family in cfg.families:
+        for regime in cfg.regimes:
+            try:
+                results.append(benchmark_run(cfg, base, family, regime, task, cases, lpips, downstream, resume))
+            except Exception as err:  # noqa: BLE001 - one failed run is reported; the others go on
+                message = f"failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+                print(f"{family} {regime}: {message}", file=sys.stderr)
+                results.append({"family": family, "regime": regime, "status": message, "cases": []})
     rows = summarize(results, cfg.seed)
     write_csv(out / "per_case.csv", [{"family": r["family"], "regime": r["regime"], **c}
                                      for r in results for c in r["cases"]])
@@ -594,7 +618,7 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> Pat
     if rows:
         plot(rows, out, downstream is not None)
     (out / "report.md").write_text(report(cfg, task, cases, results, rows, lpips is not None, downstream is not None))
-    return out / "report.md"
+    return out / "report.md", all(r["status"] in ("ok", NOT_CONFIGURED) for r in results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,13 +635,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, base = load_benchmark(args.config, args.overrides)
-        path = run_benchmark(cfg, base, args.resume)
+        path, complete = run_benchmark(cfg, base, args.resume)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(path.read_text())
     print(f"report: {path}", file=sys.stderr)
-    return 0
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":

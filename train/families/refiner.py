@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from infer.engine.slices import EngineSettings, VolumePredictor, resolve_settings
-from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from models.checkpoint import CheckpointMeta, family_of, load_model, read_config, save_checkpoint
 from models.refiner import Refiner3D, RefinerConfig
 from train.data.cases import get_task
 from train.config import ConfigError, VolumeConfig
@@ -27,6 +27,8 @@ from train.data.volumes import Capture, GeneratorVolumes, VolumeCase, cache_volu
 from train.volumetric import PatchSampler, fit_patches, prepare_run, run_provenance, window_settings
 
 CHECKPOINT = "refiner"
+SLICE_PREDICTOR = "infer.predictors:slice_predictor"
+"""The predictor of the families whose generators a refiner corrects (`models.families`)."""
 
 
 def cache_generator_volumes(cfg: VolumeConfig, device: torch.device) -> tuple[list[VolumeCase], EngineSettings]:
@@ -34,7 +36,10 @@ def cache_generator_volumes(cfg: VolumeConfig, device: torch.device) -> tuple[li
     the generator's engine settings."""
     if not cfg.model.generator:
         raise ConfigError("model.generator must name the frozen 2D generator checkpoint")
-    generator = load_model(cfg.model.generator, device=device, kind="generator")
+    family = family_of(read_config(cfg.model.generator))
+    if family.predictor != SLICE_PREDICTOR:
+        raise ConfigError(f"model.generator: {cfg.model.generator} holds a {family.name} network, not a slice generator")
+    generator = load_model(cfg.model.generator, device=device, kind=next(iter(family.networks)))
     task = get_task(cfg.data.task)
     # The whole volume, not the task's crop (us2mr): the cache keeps the box of every modality's foreground.
     settings = replace(resolve_settings(task, generator), crop_to=None)
