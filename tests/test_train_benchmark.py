@@ -170,3 +170,19 @@ def test_a_regime_without_a_config_is_reported_as_not_run(tmp_path):
         benchmark.load_benchmark(config, ["regimes=[4d]"])
     with pytest.raises(ValueError, match="unknown model family 'nothing'"):
         benchmark.load_benchmark(config, ["families={nothing: {}}"])
+
+
+def test_slice_ssim_is_monais_2d_ssim_on_the_foreground_slices():
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    from infer.evaluate.fidelity import slice_ssim
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(size=(30, 26, 6)).astype(np.float32)
+    pred = np.clip(ref + rng.normal(0, 0.2, ref.shape), 0, 1).astype(np.float32)
+    mask = np.zeros(ref.shape, dtype=bool)
+    mask[5:20, 5:20, 1:4] = True
+    mask[0, 0, 5] = True  # under 1 % of slice 5: not a foreground slice
+    p, r = (torch.from_numpy(np.moveaxis(v[..., 1:4], -1, 0)[:, None].copy()) for v in (pred, ref))
+    expected, _ = compute_ssim_and_cs(p, r, spatial_dims=2, kernel_size=[11, 11], kernel_sigma=[1.5, 1.5])
+    assert slice_ssim(pred, ref, mask) == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert math.isnan(slice_ssim(pred, ref, np.zeros(ref.shape, dtype=bool)))

@@ -505,19 +505,20 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
     lines = [f"# Generator benchmark: {task.name} ({', '.join(task.inputs_for(task.requested_targets[0]))} -> "
              f"{task.requested_targets[0]})", "",
              f"Budget: {cfg.steps} optimizer steps per training stage on {cfg.device}; {n} held-out case(s): "
-             f"{', '.join(c.name for c in cases)}. Means with 95 % bootstrap intervals over cases.", ""]
+             f"{', '.join(c.name for c in cases)}. Means with 95 % bootstrap intervals over cases. 'train' counts "
+             "every stage a run uses (a stage shared by runs trains once).", ""]
     if not lpips:
         lines += [f"LPIPS not computed (n/a): give both weight files, {TRUNK_FILE} (torchvision's AlexNet) and "
                   f"{LINEAR_FILE} (the lpips package's v0.1 linear layers), as lpips.trunk / lpips.linear.", ""]
     if not downstream:
         lines += ["Downstream segmentation not computed (no segmenter, or no held-out case with all four BraTS "
                   "modalities and reference labels).", ""]
-    header = ["family", "regime", "trained", "params", "s / case", "SSIM", "PSNR (dB)", "MAE", "LPIPS",
+    header = ["family", "regime", "trained", "params", "train (min)", "s / case", "SSIM", "PSNR (dB)", "MAE", "LPIPS",
               "Dice WT", "NSD2mm WT", "HD95 WT (mm)", "utility Dice", "utility NSD2mm"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [row["family"], REGIMES[row["regime"]].label, row["trained"], f"{row['parameters'] / 1e6:.3g} M",
-                 f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2), _ci(row, "mae"),
+                 f"{row['train_seconds'] / 60:.1f}", f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2), _ci(row, "mae"),
                  _ci(row, "lpips"), *(_ci(row, m, 2 if m.startswith("hd95") else 3) for m in REPORT_DOWNSTREAM),
                  _ci(row, "utility_dice"), _ci(row, "utility_nsd2mm")]
         lines.append("| " + " | ".join(cells) + " |")
