@@ -18,7 +18,7 @@ from infer.evaluate.statistics import (bootstrap_ci, correlations, paired_wilcox
                                        utility_ratio)
 from train import benchmark
 
-CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs" / "benchmark"
 CASE = "BraTS-GLI-00000-000"
 
 
@@ -109,12 +109,12 @@ def crop_case(source: Path, root: Path, name: str, crop: tuple[slice, ...]) -> N
 
 @pytest.fixture(scope="module")
 def tiny_benchmark(brats_data, tmp_path_factory) -> tuple[Path, list[str]]:
-    """benchmark-tiny.yaml on one training crop and one held-out crop of the real case, with LPIPS weights."""
+    """benchmark/tiny.yaml on one training crop and one held-out crop of the real case, with LPIPS weights."""
     root = tmp_path_factory.mktemp("benchmark")
     crop_case(brats_data, root / "data", "BraTS-GLI-00000-000", (slice(100, 164), slice(20, 84), slice(50, 82)))
     crop_case(brats_data, root / "data", "BraTS-GLI-00000-001", (slice(108, 172), slice(50, 114), slice(56, 88)))
     trunk, linear = lpips_files(root / "lpips")
-    argv = ["--config", str(CONFIGS / "benchmark-tiny.yaml"), "--set", f"data.roots=[{root / 'data'}]",
+    argv = ["--config", str(CONFIGS / "tiny.yaml"), "--set", f"data.roots=[{root / 'data'}]",
             "--set", "data.val_cases=[BraTS-GLI-00000-001]", "--set", f"output={root / 'out'}",
             "--set", f"lpips.trunk={trunk}", "--set", f"lpips.linear={linear}"]
     assert benchmark.main(argv) == 0
@@ -159,6 +159,17 @@ def test_the_benchmark_resumes_without_retraining(tiny_benchmark, monkeypatch, c
     assert (out / "results" / "pix2pix-2d+3d" / "result.json").stat().st_mtime_ns == before
     assert (out / "results" / "hfgan-3d" / "result.json").is_file()
     assert len(list(csv.DictReader((out / "summary.csv").open()))) == 4
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_benchmark_configs_and_their_stages_parse(path):
+    cfg, base = benchmark.load_benchmark(path)
+    task = benchmark.get_task(cfg.task)
+    for name, spec in cfg.families.items():
+        for stage in (spec.slice, spec.refiner, spec.volume):
+            data = benchmark.stage_data(base / stage.config, stage.set, cfg, task)
+            family = benchmark.get_family(benchmark.config_family(data))
+            assert benchmark.from_dict(benchmark.resolve(family.schema), data).model.family == family.name
 
 
 def test_a_regime_without_a_config_is_reported_as_not_run(tmp_path):

@@ -625,7 +625,7 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tup
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="benchmark YAML (train/configs/benchmark-*.yaml)")
+    p.add_argument("--config", required=True, help="benchmark YAML (train/configs/benchmark/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a benchmark config key (repeatable), e.g. lpips.trunk=PATH")
     p.add_argument("--resume", action="store_true", help="skip finished runs and stages of the output folder")
