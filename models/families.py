@@ -22,6 +22,8 @@ from torch import nn
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
+from models.ldm import (AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig, DenoiserConfig,
+                        KLAutoencoder, LatentDenoiser)
 from models.refiner import Refiner3D, RefinerConfig
 from models.segmenter import SegmenterConfig, SliceSegmenter
 from models.segmenter3d import Segmenter3D, Segmenter3DConfig
@@ -109,6 +111,11 @@ BUILT_IN: tuple[Family, ...] = (
             "tissnet_perceptual": (PerceptualSegmenter, PerceptualConfig)},
            schema="train.families.tissnet:TissNetTrainingConfig", trainer="train.families.tissnet:fit_tissnet",
            predictor="infer.predictors:tissnet_predictor"),
+    Family("ldm", "mask-guided latent diffusion (document 001): KL autoencoders, the mask and mask-conditioned "
+                  "image LDMs and the one-step joint LDM; sampled by python -m infer.augment",
+           {"ldm_denoiser": (LatentDenoiser, DenoiserConfig), "ldm_autoencoder": (KLAutoencoder, AutoencoderConfig),
+            "ldm_discriminator": (AutoencoderDiscriminator, AutoencoderDiscriminatorConfig)},
+           schema="train.families.ldm:LDMTrainingConfig", trainer="train.families.ldm:fit_ldm"),
 )
 """The families of this repository, registered on import."""
 
