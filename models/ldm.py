@@ -27,6 +27,8 @@ from torch import nn
 
 NULL_MASK: float = 0.0
 """The value of every pixel of the null condition (an empty mask; masks are {0, 1})."""
+SIZE_KEY: str = "size"
+"""The provenance entry of an LDM checkpoint that holds the side of the slices it was trained on."""
 
 
 def _ints(values: tuple[int, ...] | list[int]) -> tuple[int, ...]:

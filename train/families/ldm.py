@@ -42,9 +42,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from conventions.regions import region_mask
+from infer.augment import resize_pairs
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.ldm import (AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig, DenoiserConfig,
-                        KLAutoencoder, LatentDenoiser, kl_divergence, null_condition)
+                        SIZE_KEY, KLAutoencoder, LatentDenoiser, kl_divergence, null_condition)
 from train.config import ConfigError
 from train.curves import CsvLog, plot_curves
 from train.data.cache import CaseSlabs, load_slabs
@@ -200,11 +201,8 @@ def slice_pairs(slabs: list[CaseSlabs], modality: int, region: str, size: int, m
         image, seg = slabs[slab_index].full_slices(int(slice_index), 0, fill)
         images.append(image[modality])
         masks.append(region_mask(seg, region))
-    x = torch.from_numpy(np.stack(images))[:, None]
-    m = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-    m = (F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False) > 0.5).float()
-    return x, m
+    return resize_pairs(torch.from_numpy(np.stack(images))[:, None],
+                        torch.from_numpy(np.stack(masks).astype(np.float32))[:, None], size)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, data: LDMData, rng: np.random.Generator
@@ -481,7 +479,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
     checkpoint()
     if step == cfg.train.steps:
         prov = {"config": cfg.to_dict(), "steps": step, "train_cases": case_names, "train_slices": len(images),
-                "domain": domain, "modality": cfg.data.modality, "region": cfg.data.region, "size": cfg.data.size,
+                "domain": domain, "modality": cfg.data.modality, "region": cfg.data.region, SIZE_KEY: cfg.data.size,
                 "perceptual": bool(losses.perceptual),
                 "time": {"started": started, "finished": now(), "train_seconds": round(time.monotonic() - clock, 1)},
                 "software": {"torch": torch.__version__, "python": platform.python_version()}}
