@@ -30,7 +30,7 @@ from monai.inferers import LatentDiffusionInferer
 from tqdm.auto import tqdm
 
 from conventions.naming import BRATS_2023, SEGMENTATION
-from conventions.normalization import Normalization
+from conventions.normalization import Normalization, ScaleNorm, norm_from_json, norm_to_json
 from infer.engine.intensity import denormalize
 from models.checkpoint import CheckpointError, load_model
 from models.ldm import NULL_MASK, SIZE_KEY, KLAutoencoder, LatentDenoiser, monai_cfg
@@ -182,6 +182,29 @@ def write_pair(folder: Path, case: str, modality: str, image: np.ndarray, mask: 
              case_dir / BRATS_2023.file_name(case, SEGMENTATION))
 
 
+def read_pairs(folder: str | Path, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` (default all) pairs an `augment` run wrote to `folder`, back in the models' units:
+    (N, 1, S, S) images (the written [0, output_high] mapped back to [-1, 1]) and {0, 1} masks."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder}: not the output of python -m infer.augment ({err})") from None
+    norm = norm_from_json(record["normalization"])
+    if not isinstance(norm, ScaleNorm):
+        raise ValueError(f"{folder}: images written in a {type(norm).__name__} cannot be read back")
+    cases = record["cases"] if count is None else record["cases"][:count]
+    if count is not None and len(cases) < count:
+        raise ValueError(f"{folder} holds {len(cases)} pairs, {count} are needed")
+    images, masks = [], []
+    for entry in cases:
+        case = entry["case"]
+        images.append(nib.load(folder / case / BRATS_2023.file_name(case, record["modality"])).get_fdata()[..., 0])
+        masks.append(np.asarray(nib.load(folder / case / BRATS_2023.file_name(case, SEGMENTATION)).dataobj)[..., 0])
+    x = torch.from_numpy(np.stack(images).astype(np.float32))[:, None] * (2 / norm.output_high) - 1
+    return x.clamp(-1, 1), torch.from_numpy((np.stack(masks) > 0).astype(np.float32))[:, None]
+
+
 def augment(weights: str | Path, count: int, output: str | Path, omega: float = 3.0, seed: int = 0, steps: int = 50,
             batch_size: int = 8, mode: str | None = None, device: torch.device = torch.device("cpu"),
             prefix: str = "BraTS-SYN", progress: bool = True) -> dict:
@@ -208,7 +231,8 @@ def augment(weights: str | Path, count: int, output: str | Path, omega: float = 
     record = {"weights": str(weights), "mode": generator.mode, "seed": seed,
               "guidance": omega if generator.mode == "two-step" else None, "steps": steps, "count": count,
               "modality": generator.modality, "size": generator.size, "spacing_mm": SOURCE_SIDE / generator.size,
-              "segmentation": f"whole tumour as label {TUMOUR_LABEL}", "cases": cases}
+              "normalization": norm_to_json(norm), "segmentation": f"whole tumour as label {TUMOUR_LABEL}",
+              "cases": cases}
     (output / RECORD_FILE).write_text(json.dumps(record, indent=1))
     return record
 

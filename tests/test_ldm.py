@@ -12,7 +12,7 @@ import torch
 from monai.inferers import LatentDiffusionInferer
 
 from conventions.tasks import BRASYN
-from infer.augment import generate, load_generator, main as augment_main, pair_seed
+from infer.augment import generate, load_generator, main as augment_main, pair_seed, read_pairs
 from infer.evaluate.generative import (NOT_COMPUTED, compare_size_shape, energy_spectral_distance, image_quality,
                                        load_feature_network, morphological_fidelity)
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
@@ -185,6 +185,10 @@ def test_augment_writes_valid_nifti_pairs_in_the_brats_layout(tmp_path, capsys):
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
         same = nib.load(tmp_path / "b" / case / f"{case}-t2f.nii.gz").get_fdata()
         np.testing.assert_array_equal(data, same)
+    images, masks = read_pairs(tmp_path / "a", 2)
+    assert images.shape == masks.shape == (2, 1, SIZE, SIZE) and images.min() >= -1 and images.max() <= 1
+    seg = np.asarray(nib.load(tmp_path / "a" / cases[1] / f"{cases[1]}-seg.nii.gz").dataobj)[..., 0]
+    np.testing.assert_array_equal(masks[1, 0].numpy(), seg)
     assert augment_main([*args, "--output", str(tmp_path / "a")]) == 2  # never overwrites
     assert "holds synthetic pairs" in capsys.readouterr().err
 
@@ -251,9 +255,11 @@ def test_slices_of_a_real_case_and_their_augmentation(brats18_data):
 def test_fit_every_stage_then_augment(brats18_data, tmp_path):
     root = tmp_path / "data"
     root.mkdir()
-    for case in find_cases([brats18_data], BRASYN)[:2]:
+    cases = find_cases([brats18_data], BRASYN)[:3]
+    for case in cases:
         (root / case.name).symlink_to(case.files["t2f"].parent)
-    base = {"data": {"roots": [str(root)], "size": 32}, "train": {"batch_size": 2, "steps": 2},
+    base = {"data": {"roots": [str(root)], "size": 32, "val_cases": [cases[2].name]},
+            "train": {"batch_size": 2, "steps": 2},
             "model": {"autoencoder": {**TINY_AE, "channels": [8, 16]}, "discriminator": {"channels": 8, "layers": 2},
                       "denoiser": {**TINY_DENOISER, "channels": [8, 16], "attention": [False, True]}},
             "loss": {"perceptual": 0.0, "adversarial_start": 1},
@@ -270,3 +276,12 @@ def test_fit_every_stage_then_augment(brats18_data, tmp_path):
     assert augment_main(["--weights", str(bundle), "--count", "2", "--steps", "2", "--output",
                          str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "out").glob("*/*-seg.nii.gz"))) == 2
+    # the downstream experiment: too few synthetic pairs for R = 1 is an error; R = 0 trains and scores
+    downstream = {**base, "model": {**base["model"], "stage": "downstream", "segmenter": {"filters": [8, 16]}}}
+    with pytest.raises(ValueError, match="pairs"):
+        fit_ldm(from_dict(LDMTrainingConfig, {**downstream, "data": {**base["data"], "ratio": 1,
+                                                                     "synthetic": str(tmp_path / "out")}}))
+    fit_ldm(from_dict(LDMTrainingConfig, downstream))
+    result = json.loads((tmp_path / "run" / "downstream-R0" / "validation.json").read_text())
+    assert result["validation_cases"] == [cases[2].name] and 0 <= result["dice"] <= 1
+    assert load_model(bundle / "segmenter-R0", kind="segmenter").config.in_channels == 1

@@ -20,12 +20,16 @@ the mask) or "joint" (the one-step model: image and mask as two channels of one 
   eps-prediction MSE at uniform timesteps of the linear beta schedule (0.001..0.02, T = 1000). The image LDM
   drops its mask condition (null mask) with probability `loss.condition_dropout` (0.1, classifier-free
   guidance). Writes `<run.bundle>/<domain>`.
-AdamW at `optim.lr`. The run folder, `<run.output>/<domain>-<stage>`, gets `config.yaml`, `log.csv` +
-`curves.png` and a resumable `state.pt` every `run.checkpoint_every` steps and when the run stops. The bundle
-(`run.bundle`, default `<run.output>/bundle`) is what `python -m infer.augment --weights` samples.
+- "downstream": the experiment of section 3.5 for one R (`data.ratio`): a two-class slice segmenter of the
+  image trained on the real slices plus R x as many synthetic pairs (`data.synthetic`), scored on the
+  validation cases (`fit_downstream`). Writes `<run.bundle>/segmenter-R<R>`.
+AdamW at `optim.lr`. The run folder, `<run.output>/<domain>-<stage>` (`downstream-R<R>`), gets `config.yaml`,
+`log.csv` + `curves.png` and a resumable `state.pt` every `run.checkpoint_every` steps and when the run stops.
+The bundle (`run.bundle`, default `<run.output>/bundle`) is what `python -m infer.augment --weights` samples.
 """
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -37,15 +41,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 from monai.inferers import LatentDiffusionInferer
-from monai.losses import PatchAdversarialLoss, PerceptualLoss
+from monai.losses import DiceCELoss, PatchAdversarialLoss, PerceptualLoss
 from torch import nn
 from tqdm.auto import tqdm
 
 from conventions.regions import region_mask
-from infer.augment import resize_pairs
+from infer.augment import SOURCE_SIDE, read_pairs, resize_pairs
+from infer.evaluate.generative import morphological_fidelity
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
-from models.ldm import (AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig, DenoiserConfig,
-                        SIZE_KEY, KLAutoencoder, LatentDenoiser, kl_divergence, null_condition)
+from models.ldm import (SIZE_KEY, AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig,
+                        DenoiserConfig, KLAutoencoder, LatentDenoiser, kl_divergence, null_condition)
+from models.segmenter import SegmenterConfig, SliceSegmenter
 from train.config import ConfigError
 from train.curves import CsvLog, plot_curves
 from train.data.cache import CaseSlabs, load_slabs
@@ -55,11 +61,11 @@ from train.distributed import pick_device
 from train.run import normalization, now, training_cases
 from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
 
-STAGES: tuple[str, ...] = ("autoencoder", "diffusion")
+STAGES: tuple[str, ...] = ("autoencoder", "diffusion", "downstream")
 DOMAINS: tuple[str, ...] = ("mask", "image", "joint")
 DOMAIN_CHANNELS: dict[str, int] = {"mask": 1, "image": 1, "joint": 2}
 """Channels of each domain's autoencoder input."""
-SOURCE_SIDE: int = 256
+AUGMENT_SIDE: int = 256
 """The side that `data.translation` (in pixels, the paper's 25) refers to."""
 
 
@@ -69,7 +75,9 @@ def bundle_folder(cfg: LDMTrainingConfig) -> Path:
 
 
 def run_folder(cfg: LDMTrainingConfig) -> Path:
-    """The folder of this stage and domain's run."""
+    """The folder of this stage and domain's run (and ratio, downstream)."""
+    if cfg.model.stage == "downstream":
+        return Path(cfg.run.output) / f"downstream-R{cfg.data.ratio}"
     return Path(cfg.run.output) / f"{cfg.data.domain}-{cfg.model.stage}"
 
 
@@ -85,7 +93,9 @@ class LDMData:
     "mask", "image" or "joint"; size: side of the square slices; min_tumour_fraction: least share of the
     240x240 slice the tumour covers; cache_dir: the shared slice cache (`train.data.cache`). augment: on-the-fly
     augmentation with `rotation` (degrees), `translation` (pixels at a side of 256) and `flip`; `intensity`:
-    brightness, contrast and gamma of images."""
+    brightness, contrast and gamma of images. synthetic, ratio: the downstream stage adds `ratio` x as many
+    synthetic pairs (the first ones of `synthetic`, a `python -m infer.augment` output) as there are real
+    slices."""
 
     roots: list[str] = field(default_factory=list)
     task: str = "brasyn"
@@ -107,6 +117,8 @@ class LDMData:
     translation: float = 25.0
     flip: bool = True
     intensity: bool = True
+    synthetic: str | None = None
+    ratio: int = 0
 
 
 @dataclass
@@ -115,7 +127,8 @@ class LDMModel:
     `AutoencoderConfig` / `AutoencoderDiscriminatorConfig` / `DenoiserConfig` (in_channels, latent_channels,
     mask_downsampling and condition_channels follow from the domain and the autoencoder). condition_channels:
     the mask embedding's channels of the image LDM (the others are unconditional). autoencoder_path: the frozen
-    autoencoder of the diffusion stage (default: the bundle's `<domain>-autoencoder`)."""
+    autoencoder of the diffusion stage (default: the bundle's `<domain>-autoencoder`). segmenter: keyword
+    arguments of `models.segmenter.SegmenterConfig` for the downstream stage (one input, two classes)."""
 
     family: str = "ldm"
     stage: str = "autoencoder"
@@ -124,6 +137,7 @@ class LDMModel:
     denoiser: dict = field(default_factory=dict)
     condition_channels: int = 4
     autoencoder_path: str | None = None
+    segmenter: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +225,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, data: LDMData, rng: np.ra
     nearest), then brightness, contrast and gamma of the image's foreground (section 3.4)."""
     n, size = images.shape[0], images.shape[-1]
     angle = np.deg2rad(rng.uniform(-data.rotation, data.rotation, n))
-    shift = rng.uniform(-1, 1, (n, 2)) * 2 * data.translation / SOURCE_SIDE
+    shift = rng.uniform(-1, 1, (n, 2)) * 2 * data.translation / AUGMENT_SIDE
     flip = np.where(rng.random(n) < 0.5, -1.0, 1.0) if data.flip else np.ones(n)
     theta = np.zeros((n, 2, 3))
     theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle) * flip, -np.sin(angle)
@@ -389,24 +403,31 @@ def _perceptual(cfg: LDMTrainingConfig) -> nn.Module | None:
                           pretrained_path=cfg.loss.perceptual_weights).requires_grad_(False)
 
 
-def _load_data(cfg: LDMTrainingConfig) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
+def _load_data(cfg: LDMTrainingConfig, validation: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
+    """(images, masks, case names, {"task", "norms"}) of the training cases (the validation cases when
+    `validation`)."""
     task = get_task(cfg.data.task)
     if cfg.data.modality not in task.modalities:
         raise ConfigError(f"data.modality: task {task.name} has {', '.join(task.modalities)}, "
                           f"not {cfg.data.modality!r}")
     norms = normalization(cfg, task)
-    train_cases, _ = training_cases(cfg, task)
-    slabs = load_slabs(train_cases, task.modalities, norms, ["axial"], cfg.data.cache_dir, progress=cfg.run.progress)
+    cases = training_cases(cfg, task)[1 if validation else 0]
+    if not cases:
+        raise ConfigError("no validation case (data.split, data.val_cases or data.val_fraction)")
+    slabs = load_slabs(cases, task.modalities, norms, ["axial"], cfg.data.cache_dir, progress=cfg.run.progress)
     side = max(s.shape[1] for s in slabs)
     images, masks = slice_pairs(slabs, task.modalities.index(cfg.data.modality), cfg.data.region, cfg.data.size,
                                 math.ceil(cfg.data.min_tumour_fraction * side * side),
                                 norms[cfg.data.modality].background)
-    return images, masks, [c.name for c in train_cases], {"task": task, "norms": norms}
+    return images, masks, [c.name for c in cases], {"task": task, "norms": norms}
 
 
 def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None = None) -> Path:
     """Train (or continue training) the configured stage and domain; returns the run folder."""
     _check(cfg)
+    if cfg.model.stage == "downstream":
+        return fit_downstream(cfg, resume, stop_after)
     started, clock = now(), time.monotonic()
     domain, bundle = cfg.data.domain, bundle_folder(cfg)
     final = bundle / (autoencoder_folder(domain) if cfg.model.stage == "autoencoder" else domain)
@@ -494,4 +515,109 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
         else:
             meta.kind = "ldm_denoiser"
             save_checkpoint(denoiser, final, meta)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- downstream
+
+
+def downstream_pairs(cfg: LDMTrainingConfig, images: torch.Tensor, masks: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The real pairs followed by `data.ratio` x as many synthetic ones, and the number of synthetic pairs."""
+    if cfg.data.ratio < 0:
+        raise ConfigError(f"data.ratio must be 0 or more, got {cfg.data.ratio}")
+    if not cfg.data.ratio:
+        return images, masks, 0
+    if not cfg.data.synthetic:
+        raise ConfigError("data.ratio > 0 needs data.synthetic (a python -m infer.augment output folder)")
+    x, m = read_pairs(cfg.data.synthetic, cfg.data.ratio * len(images))
+    if x.shape[-1] != images.shape[-1]:
+        x, m = resize_pairs(x, m, images.shape[-1])
+    return torch.cat([images, x]), torch.cat([masks, m]), len(x)
+
+
+@torch.no_grad()
+def predicted_masks(model: SliceSegmenter, images: torch.Tensor, device: torch.device, batch_size: int = 32
+                    ) -> torch.Tensor:
+    """(N, 1, S, S) {0, 1} tumour masks of a two-class segmenter; the model is left in train()."""
+    model.eval()
+    out = [model(images[i:i + batch_size].to(device)).argmax(1, keepdim=True).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train()
+    return torch.cat(out)
+
+
+def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None = None) -> Path:
+    """The downstream experiment (section 3.5) for one R = `data.ratio`: a two-class slice segmenter of the
+    modality (`model.segmenter`, MONAI DynUNet) trained with Dice + cross-entropy on the real training slices
+    plus R x as many synthetic pairs, then scored on the validation cases' tumour slices (mean Dice and HD95 per
+    slice, `validation.json` in the run folder). Writes `<bundle>/segmenter-R<R>`."""
+    started, clock = now(), time.monotonic()
+    out, bundle = run_folder(cfg), bundle_folder(cfg)
+    final = bundle / f"segmenter-R{cfg.data.ratio}"
+    if final.exists():
+        raise FileExistsError(f"{final} exists already; choose another run.bundle")
+    if not resume and (out / "state.pt").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume or choose another run.output")
+    device = pick_device(cfg.run.device, 0)
+    torch.manual_seed(cfg.train.seed)
+    try:
+        model = SliceSegmenter(SegmenterConfig(**{**cfg.model.segmenter, "in_channels": 1, "num_classes": 2}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.segmenter: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    real_images, real_masks, case_names, data = _load_data(cfg)
+    images, masks, synthetic = downstream_pairs(cfg, real_images, real_masks)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+    step = 0
+    if resume:
+        state = load_state(out)
+        check_resume(state, cfg.to_dict(), len(images))
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer_model"])
+        step = state["step"]
+        set_rng_state(state["rng"])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    log = CsvLog(out / "log.csv", step if resume else None)
+    stop = min(cfg.train.steps, stop_after) if stop_after is not None else cfg.train.steps
+
+    def checkpoint() -> None:
+        save_state(out, {"step": step, "train_slices": len(images), "config": cfg.to_dict(), "rng": rng_state(),
+                         "model": model.state_dict(), "optimizer_model": opt.state_dict()})
+        plot_curves(out / "log.csv", out / "curves.png")
+
+    with tqdm(total=stop, initial=step, desc=f"downstream R={cfg.data.ratio}", unit="step",
+              disable=not cfg.run.progress) as bar:
+        while step < stop:
+            x, m = sample_batch(images, masks, cfg, step)
+            loss = loss_fn(model(x.to(device)), m.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            log.append({"step": step, "total": float(loss.detach())})
+            bar.update()
+            if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < stop:
+                checkpoint()
+    checkpoint()
+    if step == cfg.train.steps:
+        val_images, val_masks, val_names, _ = _load_data(cfg, validation=True)
+        scores = morphological_fidelity(val_masks, predicted_masks(model, val_images, device),
+                                        SOURCE_SIDE / cfg.data.size)
+        result = {"ratio": cfg.data.ratio, "real_slices": len(real_images), "synthetic_slices": synthetic,
+                  "validation_cases": val_names, "validation_slices": len(val_images),
+                  "dice": scores["dice"], "hd95": scores["hd95"]}
+        (out / "validation.json").write_text(json.dumps(result, indent=1))
+        print(f"R={cfg.data.ratio}: validation Dice {result['dice']:.4f}, HD95 {result['hd95']:.2f} mm "
+              f"({len(val_images)} tumour slices)")
+        prov = {"config": cfg.to_dict(), "steps": step, "train_cases": case_names, "train_slices": len(images),
+                "synthetic_slices": synthetic, "validation": result, SIZE_KEY: cfg.data.size,
+                "time": {"started": started, "finished": now(), "train_seconds": round(time.monotonic() - clock, 1)},
+                "software": {"torch": torch.__version__, "python": platform.python_version()}}
+        save_checkpoint(model, final, CheckpointMeta(
+            kind="segmenter", task=data["task"].name, modalities=(cfg.data.modality,),
+            normalization={cfg.data.modality: data["norms"][cfg.data.modality]}, views=("axial",), provenance=prov))
     return out
