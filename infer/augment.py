@@ -188,9 +188,10 @@ def read_pairs(folder: str | Path, count: int | None = None) -> tuple[torch.Tens
     folder = Path(folder)
     try:
         record = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{folder}: not the output of python -m infer.augment ({err})") from None
-    norm = norm_from_json(record["normalization"])
+        norm = norm_from_json(record["normalization"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder}: not the output of python -m infer.augment ({type(err).__name__}: {err})") \
+            from None
     if not isinstance(norm, ScaleNorm):
         raise ValueError(f"{folder}: images written in a {type(norm).__name__} cannot be read back")
     cases = record["cases"] if count is None else record["cases"][:count]

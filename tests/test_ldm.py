@@ -12,7 +12,7 @@ import torch
 from monai.inferers import LatentDiffusionInferer
 
 from conventions.tasks import BRASYN
-from infer.augment import generate, load_generator, main as augment_main, pair_seed, read_pairs
+from infer.augment import LatentModel, generate, load_generator, main as augment_main, pair_seed, read_pairs
 from infer.evaluate.generative import (NOT_COMPUTED, compare_size_shape, energy_spectral_distance, image_quality,
                                        load_feature_network, morphological_fidelity)
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
@@ -21,9 +21,10 @@ from models.ldm import (SIZE_KEY, AutoencoderConfig, AutoencoderDiscriminator, A
                         null_condition)
 from train.data.cache import prepare_case
 from train.data.cases import find_cases
-from train.families.ldm import (AutoencoderLosses, LDMData, LDMLoss, LDMTrainingConfig, augment, autoencoder_step,
-                                diffusion_step, domain_inputs, fit_ldm, slice_pairs)
-from train.config import from_dict
+from train.config import config_data, from_dict
+from train.families.ldm import (AutoencoderLosses, LDMData, LDMLoss, LDMTrainingConfig, augment_batch, autoencoder_step,
+                                build_autoencoder, build_denoiser, diffusion_step, domain_inputs, fit_ldm,
+                                slice_pairs)
 
 SIZE = 16
 TINY_AE = dict(channels=(8, 16), latent_channels=2, res_blocks=1, norm_groups=4)
@@ -103,13 +104,10 @@ def test_monai_guided_sampling_is_eq_3():
         for t in scheduler.timesteps:
             latent, _ = scheduler.step(guided_prediction(model, latent, t.reshape(1), mask, omega), t, latent)
         expected = ae.decode_stage_2_outputs(latent)
-    from infer.augment import LatentModel
-
     model.meta = CheckpointMeta(kind="ldm_denoiser", task="brasyn", modalities=("t2f",),
                                 provenance={SIZE_KEY: SIZE})
     got = LatentModel(model, ae).sample(noise, 4, mask, omega)
     assert torch.allclose(got, expected, atol=1e-5)
-    assert isinstance(LatentDiffusionInferer(scheduler), LatentDiffusionInferer)
 
 
 def _fixed_batch(domain: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +244,7 @@ def test_slices_of_a_real_case_and_their_augmentation(brats18_data):
     images, masks = slice_pairs(slabs, BRASYN.modalities.index("t2f"), "WT", 64, 58, -1.0)
     assert images.shape == masks.shape and images.shape[1:] == (1, 64, 64) and len(images) > 10
     assert images.min() >= -1 and images.max() <= 1 and set(masks.unique().tolist()) == {0.0, 1.0}
-    x, m = augment(images[:4], masks[:4], LDMData(), np.random.default_rng(0))
+    x, m = augment_batch(images[:4], masks[:4], LDMData(), np.random.default_rng(0))
     assert x.shape == images[:4].shape and set(m.unique().tolist()) <= {0.0, 1.0}
     assert x.min() >= -1 and x.max() <= 1 and (x == -1).any()  # the background stays background
 
@@ -277,7 +275,7 @@ def test_fit_every_stage_then_augment(brats18_data, tmp_path):
                          str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "out").glob("*/*-seg.nii.gz"))) == 2
     # the downstream experiment: too few synthetic pairs for R = 1 is an error; R = 0 trains and scores
-    downstream = {**base, "model": {**base["model"], "stage": "downstream", "segmenter": {"filters": [8, 16]}}}
+    downstream = {**base, "model": {**base["model"], "stage": "downstream", "segmenter": {"filters": [8, 16, 32]}}}
     with pytest.raises(ValueError, match="pairs"):
         fit_ldm(from_dict(LDMTrainingConfig, {**downstream, "data": {**base["data"], "ratio": 1,
                                                                      "synthetic": str(tmp_path / "out")}}))
@@ -285,3 +283,17 @@ def test_fit_every_stage_then_augment(brats18_data, tmp_path):
     result = json.loads((tmp_path / "run" / "downstream-R0" / "validation.json").read_text())
     assert result["validation_cases"] == [cases[2].name] and 0 <= result["dice"] <= 1
     assert load_model(bundle / "segmenter-R0", kind="segmenter").config.in_channels == 1
+
+
+@pytest.mark.parametrize("domain", ["mask", "image", "joint"])
+def test_the_cpu_configs_build_each_domains_networks(domain):
+    configs = Path(__file__).resolve().parents[1] / "train" / "configs"
+    ae_cfg = from_dict(LDMTrainingConfig, config_data(configs / "ldm-autoencoder-cpu.yaml", [f"data.domain={domain}"]))
+    ae, disc = build_autoencoder(ae_cfg)
+    assert ae.config.in_channels == disc.config.in_channels == (2 if domain == "joint" else 1)
+    assert ae_cfg.data.size // ae.config.downsampling == 16 and ae_cfg.loss.perceptual == 0
+    ldm_cfg = from_dict(LDMTrainingConfig, config_data(configs / "ldm-diffusion-cpu.yaml", [f"data.domain={domain}"]))
+    denoiser = build_denoiser(ldm_cfg, ae)
+    assert denoiser.config.conditional == (domain == "image")
+    assert (denoiser.config.beta_start, denoiser.config.beta_end, denoiser.config.timesteps) == (0.001, 0.02, 1000)
+    assert ldm_cfg.loss.condition_dropout == 0.1

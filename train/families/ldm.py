@@ -33,7 +33,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +219,7 @@ def slice_pairs(slabs: list[CaseSlabs], modality: int, region: str, size: int, m
                         torch.from_numpy(np.stack(masks).astype(np.float32))[:, None], size)
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, data: LDMData, rng: np.random.Generator
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, data: LDMData, rng: np.random.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """One random rotation, translation and flip per sample, the same for image and mask (bilinear and
     nearest), then brightness, contrast and gamma of the image's foreground (section 3.4)."""
@@ -262,7 +262,7 @@ def sample_batch(images: torch.Tensor, masks: torch.Tensor, cfg: LDMTrainingConf
     rng = np.random.default_rng([cfg.train.seed, step])
     index = torch.from_numpy(rng.integers(len(images), size=cfg.train.batch_size))
     x, m = images[index].float(), masks[index].float()
-    return augment(x, m, cfg.data, rng) if cfg.data.augment else (x, m)
+    return augment_batch(x, m, cfg.data, rng) if cfg.data.augment else (x, m)
 
 
 # ---------------------------------------------------------------------------------------------------- steps
@@ -510,11 +510,9 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
                               views=("axial",), provenance=prov)
         if denoiser is None:
             save_checkpoint(ae, final, meta)
-            meta.kind = "ldm_discriminator"
-            save_checkpoint(disc, bundle / f"{domain}-discriminator", meta)
+            save_checkpoint(disc, bundle / f"{domain}-discriminator", replace(meta, kind="ldm_discriminator"))
         else:
-            meta.kind = "ldm_denoiser"
-            save_checkpoint(denoiser, final, meta)
+            save_checkpoint(denoiser, final, replace(meta, kind="ldm_denoiser"))
     return out
 
 
