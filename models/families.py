@@ -27,6 +27,8 @@ from models.cyclegan import PatchGANConfig as MultiScalePatchGANConfig  # not TI
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
+from models.ldm import (AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig, DenoiserConfig,
+                        KLAutoencoder, LatentDenoiser)
 from models.refiner import Refiner3D, RefinerConfig
 from models.resvit import ResViTConfig, ResViTDiscriminator, ResViTGenerator
 from models.segmenter import SegmenterConfig, SliceSegmenter
@@ -158,6 +160,11 @@ BUILT_IN: tuple[Family, ...] = (
             "syndiff_discriminator": (SynDiffDiscriminator, TimeDiscriminatorConfig)},
            schema="train.families.translation:TranslationConfig", trainer="train.families.syndiff:fit_syndiff",
            predictor="infer.predictors:translation_predictor"),
+    Family("ldm", "mask-guided latent diffusion (document 001): KL autoencoders, the mask and mask-conditioned "
+                  "image LDMs and the one-step joint LDM; sampled by python -m infer.augment",
+           {"ldm_denoiser": (LatentDenoiser, DenoiserConfig), "ldm_autoencoder": (KLAutoencoder, AutoencoderConfig),
+            "ldm_discriminator": (AutoencoderDiscriminator, AutoencoderDiscriminatorConfig)},
+           schema="train.families.ldm:LDMTrainingConfig", trainer="train.families.ldm:fit_ldm"),
 )
 """The families of this repository, registered on import."""
 
