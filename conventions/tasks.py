@@ -182,8 +182,31 @@ SEGMENT = TaskSpec(
     output_dtype="uint8",
 )
 
+T1N2T2W = TaskSpec(
+    name="t1n2t2w",
+    modalities=("t1n", "t2w"),
+    min_inputs=1,
+    max_inputs=1,
+    normalization={m: BRASYN_NORMALIZATION[m] for m in ("t1n", "t2w")},
+    case_normalization={m: BRASYN_CASE_NORMALIZATION[m] for m in ("t1n", "t2w")},
+    default_views=("axial",),
+    targets=("t2w",),
+    inputs=("t1n",),
+    namings=NAMINGS,
+    ignored=(SEGMENTATION, "t1c", "t2f"),  # complete BraTS folders: the other modalities are neither inputs nor targets
+    output_background=0.0,
+    output_floor=1.0,
+    output_dtype="float32",
+)
+"""The real-brain stand-in of document 000's single-input, single-target problem (ultrasound -> T2w): native T1
+-> T2w on BraTS cases (`python -m train.benchmark`)."""
+
 TASKS: dict[str, TaskSpec] = {task.name: task for task in (BRASYN, MR2CT, US2MR)}
-"""The synthesis tasks (`python -m infer --task`, one container each); segmentation is `python -m infer.segment`."""
+"""The synthesis tasks with a container each (`docker/<task>/`); segmentation is `python -m infer.segment`."""
+
+ALL_TASKS: dict[str, TaskSpec] = {**TASKS, T1N2T2W.name: T1N2T2W}
+"""Every task a model trains for (`python -m train`) and runs on (`python -m infer --task`): `TASKS` and the
+benchmark's stand-in tasks."""
 
 VIEWS: tuple[str, ...] = ("axial", "sagittal", "coronal")
 """Slicing views; the position is the view index the generator's view embedding receives.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from conventions.tasks import TASKS, VIEWS, TaskSpec
+from conventions.tasks import ALL_TASKS, VIEWS, TaskSpec
 from infer.engine.interrupt import Interrupted, stop_on_signals
 from infer.engine.precision import PRECISIONS
 from infer.engine.refine import REFINER_FOLDER
@@ -74,7 +74,7 @@ def build_parser(fixed_task: TaskSpec | None = None) -> argparse.ArgumentParser:
                f"--qc adds OUT/{QC_FOLDER}/<case>.png (leave it off for a BraTS container's /output). Exit status: 0 all done, 1 some case failed, "
                "2 usage or setup error.")
     if fixed_task is None:
-        parser.add_argument("--task", choices=sorted(TASKS), default="brasyn", help="synthesis task (default: brasyn)")
+        parser.add_argument("--task", choices=sorted(ALL_TASKS), default="brasyn", help="synthesis task (default: brasyn)")
     parser.add_argument("--input", "--data_path", dest="input", type=Path, required=True, metavar="IN",
                         help="folder of cases (never written to)")
     parser.add_argument("--output", "--output_path", dest="output", type=Path, required=True, metavar="OUT",
@@ -143,7 +143,7 @@ def build_predictor(args: argparse.Namespace, task: TaskSpec) -> Predictor:
 def main(argv: Sequence[str] | None = None, fixed_task: TaskSpec | None = None) -> int:
     parser = build_parser(fixed_task)
     args = parser.parse_args(argv)
-    task = fixed_task or TASKS[args.task]
+    task = fixed_task or ALL_TASKS[args.task]
     if args.targets:
         unknown = [m for m in args.targets if m not in task.target_modalities]
         if unknown:

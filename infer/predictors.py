@@ -95,6 +95,14 @@ def patch_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) ->
                                 device=options.device)
 
 
+def translation_predictor(weights: Path, task: TaskSpec, options: PredictorOptions
+                          ) -> VolumePredictor | PatchVolumePredictor:
+    """A generator of document 000's paired-translation families (`train.families.translation`): trained on slices (`spatial_dims` 2) it
+    runs as a slice generator, on 3D patches (3) by overlapping windows."""
+    arch = read_config(weights)["arch"]
+    return (patch_predictor if arch.get("spatial_dims", 2) == 3 else slice_predictor)(weights, task, options)
+
+
 def segmentation_predictor(weights: Path, task: TaskSpec, options: PredictorOptions) -> SegmentationPredictor:
     """A 3D tumour segmenter, for a task whose product is a segmentation."""
     if task.product is None:

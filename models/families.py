@@ -19,12 +19,22 @@ from typing import Any
 
 from torch import nn
 
+from models.attention_unet import AttentionPix2PixDiscriminator, AttentionPix2PixGenerator, AttentionUNetConfig
+from models.cut import CUTDiscriminator, CUTGenerator, HeadsConfig, PatchNCEHeads
+from models.cyclegan import (BackwardConfig, CycleGANBackward, CycleGANBackwardDiscriminator, CycleGANDiscriminator,
+                             CycleGANGenerator, ResnetConfig)
+from models.cyclegan import PatchGANConfig as MultiScalePatchGANConfig  # not TISS-Net's PatchGANConfig
 from models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from models.generator import GeneratorConfig, HFGANGenerator
 from models.generator3d import Generator3D, Generator3DConfig
+from models.ldm import (AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig, DenoiserConfig,
+                        KLAutoencoder, LatentDenoiser)
 from models.refiner import Refiner3D, RefinerConfig
+from models.resvit import ResViTConfig, ResViTDiscriminator, ResViTGenerator
 from models.segmenter import SegmenterConfig, SliceSegmenter
 from models.segmenter3d import Segmenter3D, Segmenter3DConfig
+from models.swin_pix2pix import SwinPix2PixConfig, SwinPix2PixDiscriminator, SwinPix2PixGenerator
+from models.syndiff import SynDiffConfig, SynDiffDiscriminator, SynDiffGenerator, TimeDiscriminatorConfig
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators)
 from models.unet import MultiScaleConfig, MultiScaleDiscriminator, Pix2PixUNet, UNetConfig
@@ -109,6 +119,52 @@ BUILT_IN: tuple[Family, ...] = (
             "tissnet_perceptual": (PerceptualSegmenter, PerceptualConfig)},
            schema="train.families.tissnet:TissNetTrainingConfig", trainer="train.families.tissnet:fit_tissnet",
            predictor="infer.predictors:tissnet_predictor"),
+    # Document 000's paired-translation families: 2D / 2.5D slices or full-3D patches (model.spatial_dims), the
+    # 2D generator refined by the refiner family; one trainer driver (train.families.translation).
+    Family("cyclegan", "CycleGAN: 9-block ResNet generators both ways, cycle, identity and paired terms (2D, 2.5D or 3D)",
+           {"cyclegan_generator": (CycleGANGenerator, ResnetConfig),
+            "cyclegan_discriminator": (CycleGANDiscriminator, MultiScalePatchGANConfig),
+            "cyclegan_backward": (CycleGANBackward, BackwardConfig),
+            "cyclegan_backward_discriminator": (CycleGANBackwardDiscriminator, MultiScalePatchGANConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.cyclegan:fit_cyclegan",
+           predictor="infer.predictors:translation_predictor"),
+    Family("cut", "CUT: ResNet generator with PatchNCE over four encoder layers plus the paired term (2D, 2.5D or 3D)",
+           {"cut_generator": (CUTGenerator, ResnetConfig),
+            "cut_discriminator": (CUTDiscriminator, MultiScalePatchGANConfig),
+            "cut_heads": (PatchNCEHeads, HeadsConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.cut:fit_cut",
+           predictor="infer.predictors:translation_predictor"),
+    Family("attn_pix2pix", "Pix2Pix of document 000: attention residual U-Net, conditional two-scale PatchGAN, "
+                           "LSGAN + feature matching + lazy R1 + paired terms (2D, 2.5D or 3D)",
+           {"attn_pix2pix_generator": (AttentionPix2PixGenerator, AttentionUNetConfig),
+            "attn_pix2pix_discriminator": (AttentionPix2PixDiscriminator, MultiScalePatchGANConfig)},
+           schema="train.families.translation:TranslationConfig",
+           trainer="train.families.conditional:fit_attention_pix2pix",
+           predictor="infer.predictors:translation_predictor"),
+    Family("swin_pix2pix", "SwinPix2Pix: the attention U-Net with a Swin-Transformer backbone after its stem "
+                           "(2D, 2.5D or 3D)",
+           {"swin_pix2pix_generator": (SwinPix2PixGenerator, SwinPix2PixConfig),
+            "swin_pix2pix_discriminator": (SwinPix2PixDiscriminator, MultiScalePatchGANConfig)},
+           schema="train.families.translation:TranslationConfig",
+           trainer="train.families.conditional:fit_swin_pix2pix",
+           predictor="infer.predictors:translation_predictor"),
+    Family("resvit", "ResViT: residual CNN with aggregated residual transformer blocks in its bottleneck, "
+                     "two-phase training (2D, 2.5D or 3D)",
+           {"resvit_generator": (ResViTGenerator, ResViTConfig),
+            "resvit_discriminator": (ResViTDiscriminator, MultiScalePatchGANConfig)},
+           schema="train.families.conditional:ResViTTrainingConfig", trainer="train.families.conditional:fit_resvit",
+           predictor="infer.predictors:translation_predictor"),
+    Family("syndiff", "SynDiff: few-step adversarial diffusion, time-conditional generator and discriminator "
+                      "(2D, 2.5D or 3D)",
+           {"syndiff_generator": (SynDiffGenerator, SynDiffConfig),
+            "syndiff_discriminator": (SynDiffDiscriminator, TimeDiscriminatorConfig)},
+           schema="train.families.translation:TranslationConfig", trainer="train.families.syndiff:fit_syndiff",
+           predictor="infer.predictors:translation_predictor"),
+    Family("ldm", "mask-guided latent diffusion (document 001): KL autoencoders, the mask and mask-conditioned "
+                  "image LDMs and the one-step joint LDM; sampled by python -m infer.augment",
+           {"ldm_denoiser": (LatentDenoiser, DenoiserConfig), "ldm_autoencoder": (KLAutoencoder, AutoencoderConfig),
+            "ldm_discriminator": (AutoencoderDiscriminator, AutoencoderDiscriminatorConfig)},
+           schema="train.families.ldm:LDMTrainingConfig", trainer="train.families.ldm:fit_ldm"),
 )
 """The families of this repository, registered on import."""
 

@@ -15,6 +15,7 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from infer.engine.cases import CaseError
 from models.families import FAMILIES, get_family, resolve
@@ -77,6 +78,12 @@ def run_fit(args: argparse.Namespace, overrides: Sequence[str]) -> Path:
         if named != forced:
             raise ConfigError(f"the config trains the {named} family, not {forced}: use python -m train fit")
         data = {**data, "model": {**(data.get("model") or {}), "family": forced}}
+    return fit_family(data, **{name: getattr(args, name) for name in TRAINER_OPTIONS})
+
+
+def fit_family(data: dict[str, Any], **options: Any) -> Path:
+    """Train the family a config's dict names: its schema parses `data`, its trainer runs with the `options`
+    (from `TRAINER_OPTIONS`) that are set, each refused when the trainer does not declare it."""
     try:
         family = get_family(config_family(data))
     except ValueError as err:
@@ -84,7 +91,6 @@ def run_fit(args: argparse.Namespace, overrides: Sequence[str]) -> Path:
     cfg = from_dict(resolve(family.schema), data)
     trainer = resolve(family.trainer)
     accepted = inspect.signature(trainer).parameters
-    options = {name: getattr(args, name) for name in TRAINER_OPTIONS}
     unsupported = [name for name, value in options.items() if value not in (None, False) and name not in accepted]
     if unsupported:
         flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)

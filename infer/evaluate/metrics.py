@@ -109,7 +109,7 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _filter_valid(x: torch.Tensor, window: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def filter_valid(x: torch.Tensor, window: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """'Valid' separable correlation of `x` with `window` along `dims` (each output dim shrinks by len-1)."""
     taps = [float(w) for w in window]
     out = x
@@ -232,7 +232,7 @@ def _ssim(
     xs, ys = _padded_block(x, box, pad), _padded_block(y, box, pad)
     moments = torch.stack([xs, ys, xs * xs, ys * ys, xs * ys])
     del xs, ys
-    mu_x, mu_y, e_xx, e_yy, e_xy = _filter_valid(moments, window, (1, 2, 3))
+    mu_x, mu_y, e_xx, e_yy, e_xy = filter_valid(moments, window, (1, 2, 3))
     del moments
     mu_xx = mu_x * mu_x
     mu_yy = mu_y * mu_y

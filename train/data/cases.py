@@ -11,7 +11,7 @@ import numpy as np
 
 from infer.engine.cases import CaseError, case_naming, discover_cases, load_volume
 from conventions.naming import BRATS_2023, SEGMENTATION, Naming
-from conventions.tasks import TASKS, TaskSpec
+from conventions.tasks import ALL_TASKS, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class TrainCase:
 
 def get_task(name: str) -> TaskSpec:
     try:
-        return TASKS[name]
+        return ALL_TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(ALL_TASKS)}") from None
 
 
 def find_cases(roots: Sequence[str | Path], task: TaskSpec) -> list[TrainCase]:

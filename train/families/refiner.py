@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from infer.engine.slices import EngineSettings, VolumePredictor, resolve_settings
-from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from models.checkpoint import CheckpointMeta, load_model, read_config, save_checkpoint
 from models.refiner import Refiner3D, RefinerConfig
 from train.data.cases import get_task
 from train.config import ConfigError, VolumeConfig
@@ -34,18 +34,28 @@ def cache_generator_volumes(cfg: VolumeConfig, device: torch.device) -> tuple[li
     the generator's engine settings."""
     if not cfg.model.generator:
         raise ConfigError("model.generator must name the frozen 2D generator checkpoint")
-    generator = load_model(cfg.model.generator, device=device, kind="generator")
+    generator = load_model(cfg.model.generator, device=device)
+    if getattr(generator.config, "spatial_dims", 2) != 2 or not hasattr(generator.config, "context_slices"):
+        raise ConfigError(f"model.generator: {cfg.model.generator} holds a {generator.meta.kind}, not a slice generator")
     task = get_task(cfg.data.task)
+    targets = generator_targets(cfg)
     # The whole volume, not the task's crop (us2mr): the cache keeps the box of every modality's foreground.
     settings = replace(resolve_settings(task, generator), crop_to=None)
     capture = Capture()
     predictor = VolumePredictor(generator, settings, device=device, refine=capture, precision="fp32")
-    volumes = GeneratorVolumes(predictor, capture, weights_sha256(cfg.model.generator), task.target_modalities,
-                               {t: task.inputs_for(t) for t in task.target_modalities})
+    volumes = GeneratorVolumes(predictor, capture, weights_sha256(cfg.model.generator), targets,
+                               {t: task.inputs_for(t) for t in targets})
     train_cases, _ = training_cases(cfg, task)
     cases = cache_volumes(train_cases, settings.modalities, settings.normalization, cfg.data.cache_dir, volumes,
                           cfg.run.progress)
     return cases, settings
+
+
+def generator_targets(cfg: VolumeConfig) -> tuple[str, ...]:
+    """The targets the refiner learns: the one a single-target generator records (`provenance["target"]`,
+    the paired-translation families), else every target of the task."""
+    target = read_config(cfg.model.generator)["provenance"].get("target")
+    return (target,) if target else get_task(cfg.data.task).target_modalities
 
 
 def fit_refiner(cfg: VolumeConfig) -> Path:
@@ -62,7 +72,7 @@ def fit_refiner(cfg: VolumeConfig) -> Path:
     cases, settings = cache_generator_volumes(cfg, device)
     torch.manual_seed(cfg.train.seed)
     model = Refiner3D(config)
-    sampler = PatchSampler(cases, settings.modalities, task.target_modalities, cfg.patch.size, settings.fill,
+    sampler = PatchSampler(cases, settings.modalities, generator_targets(cfg), cfg.patch.size, settings.fill,
                            cfg.train.seed, with_synthesis=True, inputs=task.input_modalities)
     fit_patches(model, lambda m, b: m(b.synthesis, b.inputs, b.target), sampler, cfg, out, device, "refiner")
     generator = {"path": str(Path(cfg.model.generator).resolve()), "sha256": weights_sha256(cfg.model.generator)}
