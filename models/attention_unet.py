@@ -21,24 +21,10 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
-from models.cyclegan import PatchGAN
+from models.cyclegan import PatchGAN, check_generator_sizes
 
-SPATIAL_DIMS: tuple[int, ...] = (2, 3)
 LAYER_NORM = ("group", {"num_groups": 1})
 LEAKY_RELU = ("leakyrelu", {"negative_slope": 0.2, "inplace": False})
-
-
-def check_generator_sizes(spatial_dims: int, context_slices: int, num_views: int, image_size: int,
-                          side_multiple: int) -> None:
-    """ValueError for sizes a document-000 slice / patch generator cannot take."""
-    if spatial_dims not in SPATIAL_DIMS:
-        raise ValueError(f"spatial_dims must be 2 (slices) or 3 (patches), got {spatial_dims}")
-    if num_views:
-        raise ValueError("the generator has no view embedding (num_views must be 0)")
-    if spatial_dims == 3 and context_slices:
-        raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
-    if image_size % side_multiple:
-        raise ValueError(f"image_size {image_size} must be divisible by {side_multiple}")
 
 
 def encoder_block(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Sequential:

@@ -26,6 +26,18 @@ def _check_dims(spatial_dims: int) -> None:
         raise ValueError(f"spatial_dims must be 2 (slices) or 3 (patches), got {spatial_dims}")
 
 
+def check_generator_sizes(spatial_dims: int, context_slices: int, num_views: int, image_size: int,
+                          side_multiple: int) -> None:
+    """ValueError for sizes a document-000 slice / patch generator cannot take."""
+    _check_dims(spatial_dims)
+    if num_views:
+        raise ValueError("the generator has no view embedding (num_views must be 0)")
+    if spatial_dims == 3 and context_slices:
+        raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
+    if image_size % side_multiple:
+        raise ValueError(f"image_size {image_size} must be divisible by {side_multiple}")
+
+
 class ResnetBackbone(nn.Module):
     """Zhu et al.'s ResNet generator from `in_channels` to `out_channels` (2D or 3D)."""
 
@@ -85,13 +97,8 @@ class ResnetConfig:
     tanh: bool = True
 
     def __post_init__(self) -> None:
-        _check_dims(self.spatial_dims)
-        if self.num_views:
-            raise ValueError("the ResNet generator has no view embedding (num_views must be 0)")
-        if self.spatial_dims == 3 and self.context_slices:
-            raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
-        if self.image_size % self.side_multiple:
-            raise ValueError(f"image_size {self.image_size} must be divisible by {self.side_multiple}")
+        check_generator_sizes(self.spatial_dims, self.context_slices, self.num_views, self.image_size,
+                              self.side_multiple)
 
     @property
     def in_channels(self) -> int:

@@ -24,8 +24,7 @@ from monai.networks.blocks import Convolution, TransformerBlock
 from monai.networks.layers import Conv
 from torch import nn
 
-from models.attention_unet import check_generator_sizes
-from models.cyclegan import PatchGAN, ResnetBackbone
+from models.cyclegan import PatchGAN, ResnetBackbone, check_generator_sizes
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 from torch import nn
 
-from models.attention_unet import AttentionUNetDecoder, check_generator_sizes, encoder_block
-from models.cyclegan import PatchGAN
+from models.attention_unet import AttentionUNetDecoder, encoder_block
+from models.cyclegan import PatchGAN, check_generator_sizes
 
 PATCH_SIZE = 2
 """The stem's patch side: the first level is at stride 2, as the decoder's x2 steps require."""
