@@ -125,8 +125,10 @@ def test_the_tiny_benchmark_writes_its_tables(tiny_benchmark):
     out, _ = tiny_benchmark
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [(r["family"], r["regime"], r["trained"]) for r in summary] == [
-        ("pix2pix", "2d+3d", "pix2pix+refiner"), ("pix2pix", "3d", "full3d"),
+        ("baseline", "copy t1n", ""), ("pix2pix", "2d+3d", "pix2pix+refiner"), ("pix2pix", "3d", "full3d"),
         ("hfgan", "2d+3d", "hfgan+refiner"), ("hfgan", "3d", "full3d")]
+    baseline, summary = summary[0], summary[1:]
+    assert baseline["parameters"] == "0" and 0 < float(baseline["ssim"]) < 1 and float(baseline["dice_WT"]) >= 0
     for row in summary:
         assert row["n"] == "1" and int(row["parameters"]) > 0 and float(row["seconds_per_case"]) > 0
         assert 0 < float(row["ssim"]) < 1 and float(row["lpips"]) > 0 and float(row["mae"]) > 0
@@ -135,11 +137,12 @@ def test_the_tiny_benchmark_writes_its_tables(tiny_benchmark):
     stages = sorted(p.name.split("-")[0] for p in (out / "train").iterdir())
     assert stages == ["full3d", "hfgan", "pix2pix", "refiner", "refiner"]
     cases = list(csv.DictReader((out / "per_case.csv").open()))
-    assert {r["case"] for r in cases} == {"BraTS-GLI-00000-001"} and len(cases) == 4
+    assert {r["case"] for r in cases} == {"BraTS-GLI-00000-001"} and len(cases) == 5
     text = (out / "report.md").read_text()
     assert "| pix2pix | 2D + 3D-refine | pix2pix+refiner |" in text and "| hfgan | full 3D | full3d |" in text
     assert "least p-value the exact test can give is 1" in text and "Spearman" in text
-    assert "| ssim | utility_dice | 3 |" in text  # the shared full-3D generator counts once
+    assert "| ssim | utility_dice | 3 |" in text  # the shared full-3D generator counts once; no baseline
+    assert "| baseline | copy t1n |  | 0 M |" in text and "Downstream reference: the segmenter" in text
     assert (out / "fidelity.png").stat().st_size > 0 and (out / "utility.png").stat().st_size > 0
     assert (out / "results" / "hfgan-3d" / "pred" / "BraTS-GLI-00000-001-t2w.nii.gz").is_file()
 
@@ -158,7 +161,7 @@ def test_the_benchmark_resumes_without_retraining(tiny_benchmark, monkeypatch, c
     assert benchmark.main([*argv, "--resume"]) == 0
     assert (out / "results" / "pix2pix-2d+3d" / "result.json").stat().st_mtime_ns == before
     assert (out / "results" / "hfgan-3d" / "result.json").is_file()
-    assert len(list(csv.DictReader((out / "summary.csv").open()))) == 4
+    assert len(list(csv.DictReader((out / "summary.csv").open()))) == 5
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)

@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from conventions.tasks import BRASYN, BRATS_MODALITIES, TaskSpec
 from infer.engine.cases import CaseFiles, case_naming, discover_cases, read_split
 from infer.engine.refine import NO_REFINER
 from infer.engine.runner import run as run_cases
+from infer.evaluate.baselines import copy_baseline, copy_source
 from infer.evaluate.downstream import Segmenter, score_labels
 from infer.evaluate.fidelity import FIDELITY_METRICS, LOWER_IS_BETTER, fidelity_metrics
 from infer.evaluate.lpips import LINEAR_FILE, TRUNK_FILE, LPIPS, load_lpips
@@ -74,6 +75,8 @@ UTILITY_METRICS: tuple[str, ...] = ("utility_dice", "utility_nsd2mm")
 CASE_METRICS: tuple[str, ...] = (*FIDELITY_METRICS, *DOWNSTREAM_METRICS, *UTILITY_METRICS)
 REPORT_DOWNSTREAM: tuple[str, ...] = ("dice_WT", "nsd2mm_WT", "hd95_WT")
 NOT_CONFIGURED = "not configured"
+BASELINE = "baseline"
+"""The family name of the copy baseline's row (no training: the preferred input modality as the synthesis)."""
 
 
 @dataclass(frozen=True)
@@ -386,15 +389,32 @@ class Downstream:
         return out
 
 
-def score_run(cases: Sequence[Case], task: TaskSpec, pred: Path, lpips: LPIPS | None,
-              downstream: Downstream | None) -> list[dict[str, Any]]:
+def predictions(task: TaskSpec, pred: Path) -> Callable[[Case], np.ndarray]:
+    """A case's synthesis as written by the inference engine into `pred`."""
+    target = task.requested_targets[0]
+    return lambda case: load_volume(prediction_file(pred, case.name, target, case_naming(case.files, task)))[0]
+
+
+def copy_input(task: TaskSpec) -> Callable[[Case], np.ndarray]:
+    """A case's "synthesis" by the copy baseline (`infer.evaluate.baselines.copy_baseline`: the preferred input
+    modality, rescaled with the task's statistics, background by majority vote)."""
+    target = task.requested_targets[0]
+
+    def synthesis(case: Case) -> np.ndarray:
+        inputs = {m: load_volume(case.files.files[m])[0] for m in task.inputs_for(target)}
+        return copy_baseline(inputs, target, task.normalization)
+
+    return synthesis
+
+
+def score_run(cases: Sequence[Case], task: TaskSpec, synthesis_of: Callable[[Case], np.ndarray],
+              lpips: LPIPS | None, downstream: Downstream | None) -> list[dict[str, Any]]:
     """One row per case: fidelity, downstream and utility (None where not computed)."""
     target = task.requested_targets[0]
     rows = []
     for case in cases:
-        naming = case_naming(case.files, task)
         reference = load_volume(case.files.files[target])[0]
-        synthesis = load_volume(prediction_file(pred, case.name, target, naming))[0]
+        synthesis = synthesis_of(case)
         row: dict[str, Any] = {"case": case.name, **fidelity_metrics(synthesis, reference, lpips)}
         row.update({k: None for k in (*DOWNSTREAM_METRICS, *UTILITY_METRICS)})
         if downstream is not None and case.brats is not None and case.seg is not None:
@@ -427,7 +447,28 @@ def benchmark_run(cfg: BenchmarkConfig, base: Path, family: str, regime: str, ta
     model = "+".join(p.parent.name for p in (trained.weights, trained.refiner) if p is not None)
     result = {"family": family, "regime": regime, "status": "ok", "trained": trained.families, "model": model,
               "parameters": params, "seconds_per_case": seconds, "train_seconds": trained.train_seconds,
-              "cases": score_run(cases, task, folder / "pred", lpips, downstream)}
+              "cases": score_run(cases, task, predictions(task, folder / "pred"), lpips, downstream)}
+    stored.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def baseline_run(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], lpips: LPIPS | None,
+                 downstream: Downstream | None, resume: bool) -> dict[str, Any]:
+    """The copy baseline scored as a run (family `BASELINE`, nothing trained), or read back as `benchmark_run`
+    does."""
+    stored = Path(cfg.output) / "results" / "copy-input" / "result.json"
+    if resume and stored.is_file():
+        result = json.loads(stored.read_text())
+        if (lpips is None) == all(r["lpips"] is None for r in result["cases"]):
+            return result
+    clock = time.monotonic()
+    copies = {case.name: copy_input(task)(case) for case in cases}
+    seconds = (time.monotonic() - clock) / len(cases)
+    rows = score_run(cases, task, lambda case: copies[case.name], lpips, downstream)
+    source = copy_source(set(task.inputs_for(task.requested_targets[0])), task.requested_targets[0])
+    result = {"family": BASELINE, "regime": f"copy {source}", "status": "ok", "trained": [], "model": BASELINE,
+              "parameters": 0, "seconds_per_case": seconds, "train_seconds": 0.0, "cases": rows}
+    stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(result, indent=1))
     return result
 
@@ -466,11 +507,16 @@ def summarize(results: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[
 
 
 def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Across trained models (runs that share their training stages count once): each fidelity metric's mean
-    against each utility's mean."""
-    models = list({r["model"]: r for r in rows}.values())
+    """Across trained models (runs that share their training stages count once; the baseline is left out): each
+    fidelity metric's mean against each utility's mean."""
+    models = list({r["model"]: r for r in rows if r["family"] != BASELINE}.values())
     return [{"metric": m, "utility": u, **correlations([r[m] for r in models], [r[u] for r in models])}
             for m in FIDELITY_METRICS for u in UTILITY_METRICS]
+
+
+def regime_label(regime: str) -> str:
+    """A regime's name in tables (the baseline's row names what it copies)."""
+    return REGIMES[regime].label if regime in REGIMES else regime
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -499,33 +545,42 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results: Sequence[Mapping[str, Any]],
-           rows: Sequence[Mapping[str, Any]], lpips: bool, downstream: bool) -> str:
-    """The Markdown report."""
+           rows: Sequence[Mapping[str, Any]], lpips: bool, real: Sequence[Mapping[str, float]]) -> str:
+    """The Markdown report; `real`: the segmenter's scores on the real cases (empty: no downstream)."""
+    downstream = bool(real)
     n = len(cases)
     lines = [f"# Generator benchmark: {task.name} ({', '.join(task.inputs_for(task.requested_targets[0]))} -> "
              f"{task.requested_targets[0]})", "",
              f"Budget: {cfg.steps} optimizer steps per training stage on {cfg.device}; {n} held-out case(s): "
              f"{', '.join(c.name for c in cases)}. Means with 95 % bootstrap intervals over cases. 'train' counts "
-             "every stage a run uses (a stage shared by runs trains once).", ""]
+             "every stage a run uses (a stage shared by runs trains once). The baseline row copies the input "
+             "(`infer.evaluate.baselines.copy_baseline`): a model that does not beat it has not learned the "
+             "target contrast.", ""]
     if not lpips:
         lines += [f"LPIPS not computed (n/a): give both weight files, {TRUNK_FILE} (torchvision's AlexNet) and "
                   f"{LINEAR_FILE} (the lpips package's v0.1 linear layers), as lpips.trunk / lpips.linear.", ""]
-    if not downstream:
+    if downstream:
+        lines += [f"Downstream reference: the segmenter ({cfg.segmenter}) on the real images of the "
+                  f"{len(real)} labelled case(s): " + ", ".join(
+                      f"{label} {np.mean([r[m] for r in real]):.{2 if m.startswith('hd95') else 3}f}"
+                      for m, label in zip(REPORT_DOWNSTREAM, ("Dice WT", "NSD2mm WT", "HD95 WT (mm)")))
+                  + " (mean; the utility ratios divide by these scores case by case).", ""]
+    else:
         lines += ["Downstream segmentation not computed (no segmenter, or no held-out case with all four BraTS "
                   "modalities and reference labels).", ""]
     header = ["family", "regime", "trained", "params", "train (min)", "s / case", "SSIM", "PSNR (dB)", "MAE", "LPIPS",
               "Dice WT", "NSD2mm WT", "HD95 WT (mm)", "utility Dice", "utility NSD2mm"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
-        cells = [row["family"], REGIMES[row["regime"]].label, row["trained"], f"{row['parameters'] / 1e6:.3g} M",
+        cells = [row["family"], regime_label(row["regime"]), row["trained"], f"{row['parameters'] / 1e6:.3g} M",
                  f"{row['train_seconds'] / 60:.1f}", f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2), _ci(row, "mae"),
                  _ci(row, "lpips"), *(_ci(row, m, 2 if m.startswith("hd95") else 3) for m in REPORT_DOWNSTREAM),
                  _ci(row, "utility_dice"), _ci(row, "utility_nsd2mm")]
         lines.append("| " + " | ".join(cells) + " |")
-    skipped = [f"{r['family']} {REGIMES[r['regime']].label}" for r in results if r["status"] == NOT_CONFIGURED]
+    skipped = [f"{r['family']} {regime_label(r['regime'])}" for r in results if r["status"] == NOT_CONFIGURED]
     if skipped:
         lines += ["", f"Not run (no config for the regime in the benchmark config): {', '.join(skipped)}."]
-    lines += [f"{r['family']} {REGIMES[r['regime']].label}: {r['status']}" for r in results
+    lines += [f"{r['family']} {regime_label(r['regime'])}: {r['status']}" for r in results
               if r["status"] not in ("ok", NOT_CONFIGURED)]
     tested = [m for m in (*FIDELITY_METRICS, *UTILITY_METRICS) if any(f"{m}_p" in row for row in rows)]
     lines += ["", "## Paired Wilcoxon signed-rank tests against the best run of each metric", "",
@@ -536,7 +591,7 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
               "| family | regime | " + " | ".join(tested) + " |", "|" + " --- |" * (len(tested) + 2)]
     for row in rows:
         cells = ["best" if f"{m}_p" in row and row[f"{m}_p"] is None else _fmt(row.get(f"{m}_p")) for m in tested]
-        lines.append(f"| {row['family']} | {REGIMES[row['regime']].label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['family']} | {regime_label(row['regime'])} | " + " | ".join(cells) + " |")
     if downstream:
         lines += ["", "## Fidelity against downstream utility, across trained models", "",
                   "Runs that share their training stages (e.g. one full-3D generator for several families) count "
@@ -556,7 +611,7 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path, downstream: bool) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['family']} {REGIMES[r['regime']].label}" for r in rows]
+    names = [f"{r['family']} {regime_label(r['regime'])}" for r in rows]
     fig, axes = plt.subplots(1, len(FIDELITY_METRICS), figsize=(4 * len(FIDELITY_METRICS), 0.4 * len(rows) + 1.5),
                              sharey=True)
     for ax, metric in zip(axes, FIDELITY_METRICS):
@@ -601,7 +656,7 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tup
         from infer.segment import load_segmenter
 
         downstream = Downstream(load_segmenter(cfg.segmenter, device=cfg.device), out / "real-segmentation")
-    results = []
+    results = [baseline_run(cfg, task, cases, lpips, downstream, resume)]
     for family in cfg.families:
         for regime in cfg.regimes:
             try:
@@ -618,7 +673,8 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tup
         write_csv(out / "correlations.csv", metric_correlations(rows))
     if rows:
         plot(rows, out, downstream is not None)
-    (out / "report.md").write_text(report(cfg, task, cases, results, rows, lpips is not None, downstream is not None))
+    real = [downstream.scores(c) for c in cases if c.brats is not None and c.seg is not None] if downstream else []
+    (out / "report.md").write_text(report(cfg, task, cases, results, rows, lpips is not None, real))
     return out / "report.md", all(r["status"] in ("ok", NOT_CONFIGURED) for r in results)
 
 
