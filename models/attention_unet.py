@@ -21,7 +21,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
-from models.cyclegan import PatchGAN, check_generator_sizes
+from models.cyclegan import GeneratorSizes, PatchGAN
 
 LAYER_NORM = ("group", {"num_groups": 1})
 LEAKY_RELU = ("leakyrelu", {"negative_slope": 0.2, "inplace": False})
@@ -90,17 +90,11 @@ class AttentionUNetDecoder(nn.Module):
 
 
 @dataclass(frozen=True)
-class AttentionUNetConfig:
-    """Sizes of the attention residual U-Net. num_modalities, image_size, context_slices and num_views are what
-    the inference engines read; spatial_dims 2 (slices) or 3 (patches, the M modalities as channels). channels:
-    the encoder blocks' widths (a side must be a multiple of 2 ** len(channels)); dropout on the deepest skip;
-    tanh: squash the output into [-1, 1] (off for a z-scored target)."""
+class AttentionUNetConfig(GeneratorSizes):
+    """Sizes of the attention residual U-Net (`GeneratorSizes` plus its own; 3D: the M modalities as channels).
+    channels: the encoder blocks' widths (a side must be a multiple of 2 ** len(channels)); dropout on the
+    deepest skip; tanh: squash the output into [-1, 1] (off for a z-scored target)."""
 
-    num_modalities: int = 2
-    image_size: int = 256
-    context_slices: int = 0
-    num_views: int = 0
-    spatial_dims: int = 2
     channels: tuple[int, ...] = (64, 128, 256, 512, 512)
     dropout: float = 0.5
     tanh: bool = True
@@ -109,12 +103,7 @@ class AttentionUNetConfig:
         object.__setattr__(self, "channels", tuple(self.channels))
         if len(self.channels) < 2:
             raise ValueError(f"channels must list at least two encoder widths, got {list(self.channels)}")
-        check_generator_sizes(self.spatial_dims, self.context_slices, self.num_views, self.image_size,
-                              self.side_multiple)
-
-    @property
-    def in_channels(self) -> int:
-        return self.num_modalities * (2 * self.context_slices + 1)
+        self.check_sizes()
 
     @property
     def side_multiple(self) -> int:

@@ -26,16 +26,38 @@ def _check_dims(spatial_dims: int) -> None:
         raise ValueError(f"spatial_dims must be 2 (slices) or 3 (patches), got {spatial_dims}")
 
 
-def check_generator_sizes(spatial_dims: int, context_slices: int, num_views: int, image_size: int,
-                          side_multiple: int) -> None:
-    """ValueError for sizes a document-000 slice / patch generator cannot take."""
-    _check_dims(spatial_dims)
-    if num_views:
-        raise ValueError("the generator has no view embedding (num_views must be 0)")
-    if spatial_dims == 3 and context_slices:
-        raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
-    if image_size % side_multiple:
-        raise ValueError(f"image_size {image_size} must be divisible by {side_multiple}")
+@dataclass(frozen=True)
+class GeneratorSizes:
+    """What the inference engines read of a document-000 slice (spatial_dims 2) or patch (3) generator: the
+    number of modalities, the side of its samples, the 2.5D context slices per side (2D only) and no view
+    embedding (num_views 0). Each family's config adds its own sizes and `side_multiple`, and calls
+    `check_sizes()` from its `__post_init__`."""
+
+    num_modalities: int = 2
+    image_size: int = 256
+    context_slices: int = 0
+    num_views: int = 0
+    spatial_dims: int = 2
+
+    @property
+    def side_multiple(self) -> int:
+        """A slice or patch side must be a multiple of this."""
+        return 1
+
+    @property
+    def in_channels(self) -> int:
+        """Every modality's 2k + 1 slices (a 3D patch: k = 0)."""
+        return self.num_modalities * (2 * self.context_slices + 1)
+
+    def check_sizes(self) -> None:
+        """ValueError for sizes the generator cannot take."""
+        _check_dims(self.spatial_dims)
+        if self.num_views:
+            raise ValueError("the generator has no view embedding (num_views must be 0)")
+        if self.spatial_dims == 3 and self.context_slices:
+            raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
+        if self.image_size % self.side_multiple:
+            raise ValueError(f"image_size {self.image_size} must be divisible by {self.side_multiple}")
 
 
 class ResnetBackbone(nn.Module):
@@ -81,28 +103,17 @@ class ResnetBackbone(nn.Module):
 
 
 @dataclass(frozen=True)
-class ResnetConfig:
-    """Sizes of a slice (spatial_dims 2) or patch (3) ResNet generator; num_modalities, image_size,
-    context_slices and num_views are what the inference engines read. A patch side must be a multiple of
-    2 ** n_down; in 3D the input is the M modalities (no context slices)."""
+class ResnetConfig(GeneratorSizes):
+    """Sizes of a slice (spatial_dims 2) or patch (3) ResNet generator (`GeneratorSizes` plus the backbone's).
+    A side must be a multiple of 2 ** n_down; in 3D the input is the M modalities (no context slices)."""
 
-    num_modalities: int = 2
-    image_size: int = 256
-    context_slices: int = 0
-    num_views: int = 0
-    spatial_dims: int = 2
     base: int = 64
     n_blocks: int = 9
     n_down: int = 2
     tanh: bool = True
 
     def __post_init__(self) -> None:
-        check_generator_sizes(self.spatial_dims, self.context_slices, self.num_views, self.image_size,
-                              self.side_multiple)
-
-    @property
-    def in_channels(self) -> int:
-        return self.num_modalities * (2 * self.context_slices + 1)
+        self.check_sizes()
 
     @property
     def side_multiple(self) -> int:

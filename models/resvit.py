@@ -24,21 +24,15 @@ from monai.networks.blocks import Convolution, TransformerBlock
 from monai.networks.layers import Conv
 from torch import nn
 
-from models.cyclegan import PatchGAN, ResnetBackbone, check_generator_sizes
+from models.cyclegan import GeneratorSizes, PatchGAN, ResnetBackbone
 
 
 @dataclass(frozen=True)
-class ResViTConfig:
-    """Sizes of ResViT. num_modalities, image_size, context_slices, num_views: what the engines read;
-    spatial_dims 2 or 3. base, n_blocks, n_down: the ResNet backbone (bottleneck width base * 2 ** n_down);
-    transformer_blocks: the ART blocks' positions; token_patch, hidden, num_heads, mlp_ratio, transformer_depth:
-    their transformer branch. A side must be a multiple of 2 ** n_down * token_patch."""
+class ResViTConfig(GeneratorSizes):
+    """Sizes of ResViT (`GeneratorSizes` plus its own). base, n_blocks, n_down: the ResNet backbone (bottleneck width
+    base * 2 ** n_down); transformer_blocks: the ART blocks' positions; token_patch, hidden, num_heads, mlp_ratio,
+    transformer_depth: their transformer branch. A side must be a multiple of 2 ** n_down * token_patch."""
 
-    num_modalities: int = 2
-    image_size: int = 256
-    context_slices: int = 0
-    num_views: int = 0
-    spatial_dims: int = 2
     base: int = 64
     n_blocks: int = 9
     n_down: int = 2
@@ -58,12 +52,7 @@ class ResViTConfig:
                              f"0..{self.n_blocks - 1}")
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden {self.hidden} must be divisible by {self.num_heads} heads")
-        check_generator_sizes(self.spatial_dims, self.context_slices, self.num_views, self.image_size,
-                              self.side_multiple)
-
-    @property
-    def in_channels(self) -> int:
-        return self.num_modalities * (2 * self.context_slices + 1)
+        self.check_sizes()
 
     @property
     def side_multiple(self) -> int:

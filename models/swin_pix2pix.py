@@ -20,24 +20,19 @@ from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 from torch import nn
 
 from models.attention_unet import AttentionUNetDecoder, encoder_block
-from models.cyclegan import PatchGAN, check_generator_sizes
+from models.cyclegan import GeneratorSizes, PatchGAN
 
 PATCH_SIZE = 2
 """The stem's patch side: the first level is at stride 2, as the decoder's x2 steps require."""
 
 
 @dataclass(frozen=True)
-class SwinPix2PixConfig:
-    """Sizes of SwinPix2Pix. num_modalities, image_size, context_slices, num_views: what the engines read;
-    spatial_dims 2 or 3. embed_dim, depths, num_heads (one per Swin stage; embed_dim * 2 ** i divisible by
-    num_heads[i]), window_size, mlp_ratio: the Swin backbone. channels: the convolutional encoder blocks after it.
-    dropout on the deepest skip; tanh output. A side must be a multiple of 2 ** (1 + stages + blocks)."""
+class SwinPix2PixConfig(GeneratorSizes):
+    """Sizes of SwinPix2Pix (`GeneratorSizes` plus its own). embed_dim, depths, num_heads (one per Swin stage;
+    embed_dim * 2 ** i divisible by num_heads[i]), window_size, mlp_ratio: the Swin backbone. channels: the
+    convolutional encoder blocks after it. dropout on the deepest skip; tanh output. A side must be a multiple
+    of 2 ** (1 + stages + blocks)."""
 
-    num_modalities: int = 2
-    image_size: int = 256
-    context_slices: int = 0
-    num_views: int = 0
-    spatial_dims: int = 2
     embed_dim: int = 36
     depths: tuple[int, ...] = (2, 2, 2)
     num_heads: tuple[int, ...] = (6, 6, 12)
@@ -58,12 +53,7 @@ class SwinPix2PixConfig:
                              f"{self.num_heads[bad[0]]} heads")
         if not self.channels:
             raise ValueError("channels must list at least one convolutional encoder block")
-        check_generator_sizes(self.spatial_dims, self.context_slices, self.num_views, self.image_size,
-                              self.side_multiple)
-
-    @property
-    def in_channels(self) -> int:
-        return self.num_modalities * (2 * self.context_slices + 1)
+        self.check_sizes()
 
     @property
     def swin_widths(self) -> list[int]:

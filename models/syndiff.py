@@ -21,21 +21,16 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionModelEncoder
 from torch import nn
 
-from models.cyclegan import SPATIAL_DIMS
+from models.cyclegan import SPATIAL_DIMS, GeneratorSizes
 
 
 @dataclass(frozen=True)
-class SynDiffConfig:
-    """Sizes of the diffusive generator. num_modalities / image_size / context_slices / num_views: what the
-    inference engines read (3D: the M modalities, no context). channels, num_res_blocks, attention_levels:
-    `DiffusionModelUNet`'s (a side must be a multiple of 2 ** (len(channels) - 1)). steps: reverse steps;
-    beta_min / beta_max: the VP schedule; latent_dim: z; sample_seed: the inference noise."""
+class SynDiffConfig(GeneratorSizes):
+    """Sizes of the diffusive generator (`GeneratorSizes` plus its own; 3D: the M modalities, no context).
+    channels, num_res_blocks, attention_levels: `DiffusionModelUNet`'s (a side must be a multiple of
+    2 ** (len(channels) - 1)). steps: reverse steps; beta_min / beta_max: the VP schedule; latent_dim: z;
+    sample_seed: the inference noise."""
 
-    num_modalities: int = 2
-    image_size: int = 256
-    context_slices: int = 0
-    num_views: int = 0
-    spatial_dims: int = 2
     channels: tuple[int, ...] = (32, 64, 64, 128, 128, 128)
     num_res_blocks: int = 2
     attention_levels: tuple[bool, ...] = (False, False, False, False, True, False)
@@ -50,18 +45,11 @@ class SynDiffConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        if self.spatial_dims not in SPATIAL_DIMS:
-            raise ValueError(f"spatial_dims must be 2 (slices) or 3 (patches), got {self.spatial_dims}")
-        if self.num_views:
-            raise ValueError("the SynDiff generator has no view embedding (num_views must be 0)")
-        if self.spatial_dims == 3 and self.context_slices:
-            raise ValueError("a 3D generator takes no context slices (context_slices must be 0)")
         if len(self.attention_levels) != len(self.channels):
             raise ValueError("attention_levels needs one entry per channels entry")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.image_size % self.side_multiple:
-            raise ValueError(f"image_size {self.image_size} must be divisible by {self.side_multiple}")
+        self.check_sizes()
 
     @property
     def side_multiple(self) -> int:
@@ -71,7 +59,7 @@ class SynDiffConfig:
     @property
     def in_channels(self) -> int:
         """x_{t+1} plus every modality's slices."""
-        return 1 + self.num_modalities * (2 * self.context_slices + 1)
+        return 1 + super().in_channels
 
 
 class VPSchedule(nn.Module):
