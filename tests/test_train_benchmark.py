@@ -158,6 +158,11 @@ def test_the_benchmark_resumes_without_retraining(tiny_benchmark, monkeypatch, c
     monkeypatch.setattr(benchmark, "fit_family", no_training)
     before = (out / "results" / "pix2pix-2d+3d" / "result.json").stat().st_mtime_ns
     (out / "results" / "hfgan-3d" / "result.json").unlink()  # as if stopped after training, before scoring
+    with monkeypatch.context() as m:
+        m.setattr(benchmark, "synthesise", no_training)
+        assert benchmark.main([*argv, "--report-only"]) == 1  # the report so far: one run missing
+    assert "hfgan full 3D: not run yet" in (out / "report.md").read_text()
+    assert len(list(csv.DictReader((out / "summary.csv").open()))) == 4
     assert benchmark.main([*argv, "--resume"]) == 0
     assert (out / "results" / "pix2pix-2d+3d" / "result.json").stat().st_mtime_ns == before
     assert (out / "results" / "hfgan-3d" / "result.json").is_file()

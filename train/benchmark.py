@@ -11,6 +11,7 @@ cases through the inference engine (the predictor `python -m infer` builds), and
   Dice / NSD at 2 mm / HD95 per region against the reference labels, and the utility ratio against the same
   segmenter on the real images (`infer.evaluate.statistics.utility_ratio`). Only for BraTS tasks and cases that
   have all four modalities and labels;
+- the copy baseline as one more row (`infer.evaluate.baselines.copy_baseline`: the input as the synthesis);
 - per run: means with 95 % bootstrap intervals over cases, parameters, seconds per case; per metric a paired
   Wilcoxon test of every run against the best (with the least p-value the number of cases allows); across runs,
   Pearson and Spearman correlations of each fidelity metric with the utility; a plot.
@@ -23,8 +24,9 @@ stages (e.g. one full-3D config shared by several families) train once.
 
 Held-out cases: the validation cases of `data.split` (or `data.val_cases`) under `data.roots`, and each folder of
 `data.extra`. Output (`output`): `train/` (the runs), `results/<family>-<regime>/` (inputs, predictions,
-`result.json`), `per_case.csv`, `summary.csv`, `report.md`, `fidelity.png`, `utility.png`. With `--resume`
-finished stages and runs are skipped (an interrupted GAN training continues from its last state). A run that
+`result.json`), `per_case.csv`, `summary.csv`, `report.md`, `fidelity.png`, `utility.png`. `--report-only` writes
+the report of the runs finished so far without training anything. With `--resume` finished stages and runs are
+skipped (an interrupted GAN training continues from its last state). A run that
 fails is reported and the others go on; the exit status is then 1 (2: a configuration or setup error).
 """
 from __future__ import annotations
@@ -75,6 +77,7 @@ UTILITY_METRICS: tuple[str, ...] = ("utility_dice", "utility_nsd2mm")
 CASE_METRICS: tuple[str, ...] = (*FIDELITY_METRICS, *DOWNSTREAM_METRICS, *UTILITY_METRICS)
 REPORT_DOWNSTREAM: tuple[str, ...] = ("dice_WT", "nsd2mm_WT", "hd95_WT")
 NOT_CONFIGURED = "not configured"
+NOT_YET = "not run yet"
 BASELINE = "baseline"
 """The family name of the copy baseline's row (no training: the preferred input modality as the synthesis)."""
 
@@ -639,14 +642,24 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path, downstream: bool) -> N
     plt.close(fig)
 
 
-def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tuple[Path, bool]:
+def finished_run(cfg: BenchmarkConfig, family: str, regime: str) -> dict[str, Any]:
+    """A run's stored result, or status `NOT_YET` when it has not finished."""
+    stored = Path(cfg.output) / "results" / f"{family}-{regime}" / "result.json"
+    if stored.is_file():
+        return json.loads(stored.read_text())
+    return {"family": family, "regime": regime, "status": NOT_YET, "cases": []}
+
+
+def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False, report_only: bool = False
+                  ) -> tuple[Path, bool]:
     """The whole benchmark (see the module docstring); returns the report's path and whether every configured
-    run finished (a failed run is reported and the others go on)."""
+    run finished (a failed run is reported and the others go on). `report_only`: no training or synthesis, the
+    report of the runs that finished (e.g. while the benchmark still runs)."""
     task = get_task(cfg.task)
     if len(task.requested_targets) != 1:
         raise ConfigError(f"task {task.name}: the benchmark needs one default target")
     out = Path(cfg.output)
-    if not resume and (out / "results").exists():
+    if not (resume or report_only) and (out / "results").exists():
         raise FileExistsError(f"{out} already holds a benchmark; pass --resume or choose another output")
     out.mkdir(parents=True, exist_ok=True)
     cases = held_out_cases(cfg, task)
@@ -656,9 +669,12 @@ def run_benchmark(cfg: BenchmarkConfig, base: Path, resume: bool = False) -> tup
         from infer.segment import load_segmenter
 
         downstream = Downstream(load_segmenter(cfg.segmenter, device=cfg.device), out / "real-segmentation")
-    results = [baseline_run(cfg, task, cases, lpips, downstream, resume)]
+    results = [baseline_run(cfg, task, cases, lpips, downstream, resume or report_only)]
     for family in cfg.families:
         for regime in cfg.regimes:
+            if report_only:
+                results.append(finished_run(cfg, family, regime))
+                continue
             try:
                 results.append(benchmark_run(cfg, base, family, regime, task, cases, lpips, downstream, resume))
             except Exception as err:  # noqa: BLE001 - one failed run is reported; the others go on
@@ -685,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a benchmark config key (repeatable), e.g. lpips.trunk=PATH")
     p.add_argument("--resume", action="store_true", help="skip finished runs and stages of the output folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report of the runs finished so far (the others: not run yet)")
     return p
 
 
@@ -692,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, base = load_benchmark(args.config, args.overrides)
-        path, complete = run_benchmark(cfg, base, args.resume)
+        path, complete = run_benchmark(cfg, base, args.resume, args.report_only)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
