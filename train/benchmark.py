@@ -432,16 +432,23 @@ def score_run(cases: Sequence[Case], task: TaskSpec, synthesis_of: Callable[[Cas
     return rows
 
 
+def stored_result(stored: Path, lpips: LPIPS | None) -> dict[str, Any] | None:
+    """The run result stored at `stored` when it was scored with the same LPIPS availability, else None."""
+    if not stored.is_file():
+        return None
+    result = json.loads(stored.read_text())
+    return result if (lpips is None) == all(r["lpips"] is None for r in result["cases"]) else None
+
+
 def benchmark_run(cfg: BenchmarkConfig, base: Path, family: str, regime: str, task: TaskSpec, cases: Sequence[Case],
                   lpips: LPIPS | None, downstream: Downstream | None, resume: bool) -> dict[str, Any]:
     """One (family, regime): trained, run and scored, or read back from its `result.json` when it finished
     before with the same LPIPS availability. Status "not configured" when the family has no config for it."""
     folder = Path(cfg.output) / "results" / f"{family}-{regime}"
     stored = folder / "result.json"
-    if resume and stored.is_file():
-        result = json.loads(stored.read_text())
-        if (lpips is None) == all(r["lpips"] is None for r in result["cases"]):
-            return result
+    result = stored_result(stored, lpips) if resume else None
+    if result is not None:
+        return result
     trained = train_run(cfg, base, family, regime, task, resume)
     if trained is None:
         return {"family": family, "regime": regime, "status": NOT_CONFIGURED, "cases": []}
@@ -460,12 +467,12 @@ def baseline_run(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], lp
     """The copy baseline scored as a run (family `BASELINE`, nothing trained), or read back as `benchmark_run`
     does."""
     stored = Path(cfg.output) / "results" / "copy-input" / "result.json"
-    if resume and stored.is_file():
-        result = json.loads(stored.read_text())
-        if (lpips is None) == all(r["lpips"] is None for r in result["cases"]):
-            return result
+    result = stored_result(stored, lpips) if resume else None
+    if result is not None:
+        return result
     clock = time.monotonic()
-    copies = {case.name: copy_input(task)(case) for case in cases}
+    copy = copy_input(task)
+    copies = {case.name: copy(case) for case in cases}
     seconds = (time.monotonic() - clock) / len(cases)
     rows = score_run(cases, task, lambda case: copies[case.name], lpips, downstream)
     source = copy_source(set(task.inputs_for(task.requested_targets[0])), task.requested_targets[0])
