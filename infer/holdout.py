@@ -69,6 +69,19 @@ def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path]) ->
     return groups
 
 
+def add_case_arguments(p: argparse.ArgumentParser) -> None:
+    """The --data / --split / --extra arguments that `grouped_cases` reads."""
+    p.add_argument("--data", type=Path, help="folder holding the split's cases")
+    p.add_argument("--split", type=Path, help="split file; its validation cases are scored")
+    p.add_argument("--extra", type=Path, nargs="*", default=[], help="further complete case folders, each a group")
+
+
+def grouped_cases(args: argparse.Namespace) -> tuple[dict[str, list[Path]], list[CaseFiles]]:
+    """The case groups of the `add_case_arguments` arguments and their complete cases, in group order."""
+    groups = case_groups(args.data, args.split, args.extra)
+    return groups, [find_case(f) for folders in groups.values() for f in folders]
+
+
 def link_inputs(cases: Sequence[CaseFiles], left_out: str, folder: Path) -> None:
     """`folder/<case>/` with links to every file of each case but `left_out`, under their own names."""
     for case in cases:
@@ -153,9 +166,7 @@ def _cell(value: float | None, metric: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m infer.holdout", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, help="BraSyn checkpoint (default: the bundled weights)")
-    p.add_argument("--data", type=Path, help="folder holding the split's cases")
-    p.add_argument("--split", type=Path, help="split file; its validation cases are scored")
-    p.add_argument("--extra", type=Path, nargs="*", default=[], help="further complete case folders, each a group")
+    add_case_arguments(p)
     p.add_argument("--output", type=Path, required=True, help="work and result folder")
     p.add_argument("--views", help="views to run (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
@@ -170,8 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        groups = case_groups(args.data, args.split, args.extra)
-        cases = [find_case(f) for folders in groups.values() for f in folders]
+        groups, cases = grouped_cases(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from infer.engine.cases import case_naming
 from infer.engine.precision import PRECISIONS
 from infer.evaluate.scoring import PREDICTION, evaluate, load_volume, prediction_file, reference_cases, write_csv
 from infer.evaluate.segmetrics import mask_scores, nsd_key
-from infer.holdout import case_groups, find_case, link_inputs, link_references
+from infer.holdout import add_case_arguments, grouped_cases, link_inputs, link_references
 
 ROUTES: tuple[str, ...] = ("without", "synthesise", "joint", "real")
 """The routes in table order (see the module docstring)."""
@@ -82,9 +82,7 @@ def markdown(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]], missi
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m infer.routes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="folder holding the split's cases")
-    p.add_argument("--split", type=Path, help="split file; its validation cases are scored")
-    p.add_argument("--extra", type=Path, nargs="*", default=[], help="further complete case folders, each a group")
+    add_case_arguments(p)
     p.add_argument("--missing", choices=BRATS_MODALITIES, default="t2f", help="the withheld modality")
     p.add_argument("--region", choices=REGION_NAMES, default="WT", help="the tumour region scored")
     p.add_argument("--joint", type=Path, required=True, help="TISS-Net checkpoint (synthesis + mask)")
@@ -103,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infer.segment import load_segmenter
 
     try:
-        groups = case_groups(args.data, args.split, args.extra)
-        cases = [find_case(f) for folders in groups.values() for f in folders]
+        groups, cases = grouped_cases(args)
         full, reduced = (load_segmenter(s, device=args.device) for s in (args.segmenter, args.reduced))
     except (SetupError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,7 +3,9 @@ and the evaluation helpers, on tiny networks."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -14,14 +16,16 @@ from monai.inferers import LatentDiffusionInferer
 from conventions.tasks import BRASYN
 from infer.augment import LatentModel, generate, load_generator, main as augment_main, pair_seed, read_pairs
 from infer.evaluate.generative import (NOT_COMPUTED, compare_size_shape, energy_spectral_distance, image_quality,
-                                       load_feature_network, morphological_fidelity)
-from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
+                                       load_feature_network, main as generative_main,
+                                       morphological_fidelity, segmenter_masks)
+from models.checkpoint import CheckpointError, CheckpointMeta, load_model, save_checkpoint
 from models.ldm import (SIZE_KEY, AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig,
                         DenoiserConfig, KLAutoencoder, LatentDenoiser, guided_noise, guided_prediction, monai_cfg,
                         null_condition)
 from train.data.cache import prepare_case
 from train.data.cases import find_cases
 from train.config import config_data, from_dict
+from train.ldm_experiment import Experiment, main as experiment_main, synthetic_pairs
 from train.families.ldm import (AutoencoderLosses, LDMData, LDMLoss, LDMTrainingConfig, augment_batch, autoencoder_step,
                                 build_autoencoder, build_denoiser, diffusion_step, domain_inputs, fit_ldm,
                                 slice_pairs)
@@ -223,6 +227,33 @@ def test_morphological_fidelity_against_the_shuffled_chance_level():
     assert perfect["chance_dice"] < 0.9 and perfect["chance_hd95"] > 0
 
 
+class _SideProbe(torch.nn.Module):
+    """A one-modality two-class 'segmenter' labelling positive pixels 1, recording the side it is run at."""
+
+    def __init__(self, provenance: dict) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(()))
+        self.meta = SimpleNamespace(modalities=("t2f",), normalization={}, provenance=provenance)
+        self.sides: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sides.append(x.shape[-1])
+        return torch.cat([torch.zeros_like(x), x * self.gain], 1)
+
+
+def test_segmenter_masks_run_at_the_segmenters_trained_size():
+    masks = discs(3, size=32)
+    images = masks * 2 - 1
+    small, whole = _SideProbe({SIZE_KEY: 48}), _SideProbe({})
+    found = segmenter_masks(small, images, "t2f")
+    assert small.sides == [48] and found.shape == masks.shape
+    assert morphological_fidelity(masks, found)["dice"] > 0.95
+    segmenter_masks(whole, images, "t2f")
+    assert whole.sides == [240]
+    with pytest.raises(CheckpointError, match="t2f"):
+        segmenter_masks(small, images, "t1c")
+
+
 def test_esd_grows_with_irregularity_and_size_shape_fit():
     size = 64
     yy, xx = np.mgrid[:size, :size] - size / 2
@@ -236,6 +267,7 @@ def test_esd_grows_with_irregularity_and_size_shape_fit():
     result = compare_size_shape(shapes, shapes)
     assert result["slope_p"] == pytest.approx(1.0) and result["size"]["p"] == pytest.approx(1.0)
     assert np.isfinite(result["real_fit"]["beta1"]) and result["real_fit"]["n"] == 40
+    assert "3 generated" in compare_size_shape(shapes, shapes[:2] + [disc] + [np.zeros_like(disc)] * 5)["note"]
 
 
 def test_slices_of_a_real_case_and_their_augmentation(brats18_data):
@@ -283,6 +315,12 @@ def test_fit_every_stage_then_augment(brats18_data, tmp_path):
     result = json.loads((tmp_path / "run" / "downstream-R0" / "validation.json").read_text())
     assert result["validation_cases"] == [cases[2].name] and 0 <= result["dice"] <= 1
     assert load_model(bundle / "segmenter-R0", kind="segmenter").config.in_channels == 1
+    # the evaluation command with that segmenter: fidelity, its chance level and the size-shape comparison
+    assert generative_main(["--weights", str(bundle), "--real", str(root), "--count", "2", "--steps", "2",
+                            "--segmenter", str(bundle / "segmenter-R0"), "--output", str(tmp_path / "g.json")]) == 0
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["morphological_fidelity"]["pairs"] == 2 and report["image_quality"]["fid"] == NOT_COMPUTED
+    assert report["real_reference"]["pairs"] > 2 and "2 generated" in report["size_shape"]["note"]
 
 
 @pytest.mark.parametrize("domain", ["mask", "image", "joint"])
@@ -297,3 +335,51 @@ def test_the_cpu_configs_build_each_domains_networks(domain):
     assert denoiser.config.conditional == (domain == "image")
     assert (denoiser.config.beta_start, denoiser.config.beta_end, denoiser.config.timesteps) == (0.001, 0.02, 1000)
     assert ldm_cfg.loss.condition_dropout == 0.1
+
+
+def test_experiment_refuses_mismatched_synthetic_pairs_and_a_missing_r0(tmp_path):
+    argv = ["--output", str(tmp_path), "--ratios", "1", "2"]
+    assert experiment_main(argv) == 2  # R = 0's segmenter judges the generated images
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic" / "augment.json").write_text(json.dumps(
+        {"mode": "two-step", "seed": 0, "steps": 50, "guidance": 5.0, "count": 10}))
+    exp = Experiment(Path("a"), Path("d"), Path("s"), tmp_path, ("two-step",), (0, 1), 4, 50, 3.0, 0, 4, None, ())
+    with pytest.raises(ValueError, match="other settings"):
+        synthetic_pairs(exp, 5)
+    assert synthetic_pairs(replace(exp, guidance=5.0), 10)["count"] == 10
+
+
+@pytest.mark.slow
+def test_experiment_runs_every_step_and_resumes_from_the_bundle(brats18_data, tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    cases = find_cases([brats18_data], BRASYN)[:3]
+    for case in cases:
+        (root / case.name).symlink_to(case.files["t2f"].parent)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [c.name for c in cases[:2]], "validation": [cases[2].name]}))
+    tiny = [f"data.roots=[{root}]", f"data.split={split}", f"data.cache_dir={tmp_path / 'cache'}", "data.size=32",
+            "train.batch_size=2", "train.steps=2", "loss.adversarial_start=1", "run.progress=false",
+            "run.device=cpu", "run.checkpoint_every=1", "model.autoencoder.channels=[8, 16]",
+            "model.autoencoder.latent_channels=2", "model.autoencoder.norm_groups=4",
+            "model.discriminator.channels=8", "model.denoiser.channels=[8, 16]",
+            "model.denoiser.attention=[false, true]", "model.denoiser.head_channels=8",
+            "model.denoiser.norm_groups=4", "model.denoiser.embedding_channels=8",
+            "model.segmenter.filters=[8, 16, 32]"]
+    argv = ["--output", str(tmp_path / "run"), "--ratios", "0", "1", "--modes", "two-step", "one-step",
+            "--count", "4", "--steps", "2", "--batch-size", "4", *(a for o in tiny for a in ("--set", o))]
+    assert experiment_main(argv) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    r0 = json.loads((tmp_path / "run" / "downstream-R0" / "validation.json").read_text())
+    r1 = json.loads((tmp_path / "run" / "downstream-R1" / "validation.json").read_text())
+    assert r1["synthetic_slices"] == r0["real_slices"] > 0
+    record = json.loads((tmp_path / "run" / "synthetic" / "augment.json").read_text())
+    assert record["count"] == r0["real_slices"] and record["steps"] == 2
+    for entry in ("mask-autoencoder", "mask", "image-autoencoder", "image", "joint-autoencoder", "joint",
+                  "segmenter-R0", "segmenter-R1"):
+        assert f"| {entry} | 2 |" in report
+    assert "| two-step |" in report and "| one-step |" in report and "| 1 |" in report
+    capsys.readouterr()
+    assert experiment_main(argv) == 0  # everything is reused: nothing trains or samples again
+    err = capsys.readouterr().err
+    assert err.count("reused") == 9 and "training" not in err

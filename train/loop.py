@@ -30,7 +30,7 @@ from train.families.pix2pix import Pix2PixModels, Pix2PixUpdate
 from train.run import RunData, build_data, image_size, make_loader, now, prepare_output, provenance, total_steps
 from train.data.sampler import ShardedBatches
 from train.schedule import scaled_lr, warmup_cosine
-from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.state import Stateful, restore_training, save_training
 from train.validate import engine_settings, plot_samples, validate, validation_plan
 
 
@@ -175,25 +175,17 @@ class GanRun:
             generator, discriminator = torch.compile(generator), torch.compile(discriminator)
         return generator, discriminator
 
-    def _state(self) -> dict:
-        return {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": self.step,
-                "epoch_position": list(self.batches.position(self.step)), "train_slices": len(self.data.dataset),
-                "config": self.cfg.to_dict(), "rng": rng_state()}
+    def _parts(self) -> dict[str, Stateful]:
+        return {"generator": self.generator, "discriminator": self.discriminator, "opt_g": self.opt_g,
+                "opt_d": self.opt_d}
 
     def _resume(self) -> None:
-        state = load_state(self.out)
-        check_resume(state, self.cfg.to_dict(), len(self.data.dataset))
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = state["step"]
-        set_rng_state(state["rng"])
+        self.step = restore_training(self.out, self._parts(), self.cfg.to_dict(), len(self.data.dataset))
 
     def checkpoint(self) -> None:
         if self.ctx.is_main:
-            save_state(self.out, self._state())
+            save_training(self.out, self._parts(), self.step, self.cfg.to_dict(), len(self.data.dataset),
+                          epoch_position=list(self.batches.position(self.step)))
             plot_curves(self.out / "log.csv", self.out / "curves.png")
 
     def run_validation(self) -> None:

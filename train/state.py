@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 STATE_FILE = "state.pt"
+
+Stateful = torch.nn.Module | torch.optim.Optimizer
+"""What a training state holds by name: networks and their optimizers (anything with `state_dict`)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -38,6 +42,25 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_training(folder: str | Path, parts: Mapping[str, Stateful], step: int, config: dict[str, Any],
+                  train_slices: int, **extra: Any) -> Path:
+    """Save the state dicts of `parts` under their names, with the step, the config, the number of training
+    slices (or cases) and the RNG states, plus any `extra` entries."""
+    return save_state(folder, {**{key: part.state_dict() for key, part in parts.items()}, "step": step,
+                               "train_slices": train_slices, "config": config, "rng": rng_state(), **extra})
+
+
+def restore_training(folder: str | Path, parts: Mapping[str, Stateful], config: dict[str, Any],
+                     train_slices: int) -> int:
+    """Load the state `save_training` wrote into `parts` and the RNGs, after `check_resume`; returns its step."""
+    state = load_state(folder)
+    check_resume(state, config, train_slices)
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    set_rng_state(state["rng"])
+    return state["step"]
 
 
 def check_resume(state: dict[str, Any], config: dict[str, Any], train_slices: int) -> None:

@@ -41,8 +41,11 @@ from infer.engine.cases import case_naming, discover_cases, load_volume, read_sp
 from infer.engine.intensity import normalize
 from infer.evaluate.segmetrics import mask_scores
 from models.checkpoint import CheckpointError, load_model
+from models.ldm import SIZE_KEY
 
 NOT_COMPUTED = "not computed"
+MIN_SHAPES: int = 4
+"""Masks each set needs for the size-shape fits (a slope and its standard error need more than three)."""
 
 
 # ------------------------------------------------------------------------------------------- image quality
@@ -110,17 +113,18 @@ def image_quality(real: torch.Tensor, fake: torch.Tensor, network: torch.nn.Modu
 def segmenter_masks(segmenter: torch.nn.Module, images: torch.Tensor, modality: str, region: str = "WT",
                     batch_size: int = 16) -> torch.Tensor:
     """(N, 1, S, S) {0, 1} `region` masks a slice segmenter finds in (N, 1, S, S) images of `modality` (its
-    other input channels background), run at 240 x 240 and resized back."""
+    other input channels background), run at the slice size it was trained at (its provenance's size, else
+    240 x 240: whole BraTS slices) and resized back."""
     meta = segmenter.meta
     if modality not in meta.modalities:
         raise CheckpointError(f"the segmenter takes {', '.join(meta.modalities)}, not {modality}")
     channel = meta.modalities.index(modality)
     device = next(segmenter.parameters()).device
-    size = images.shape[-1]
+    size, side = images.shape[-1], int(meta.provenance.get(SIZE_KEY, SOURCE_SIDE))
     out = []
     for start in range(0, len(images), batch_size):
         x = resize_pairs(images[start:start + batch_size], torch.zeros_like(images[start:start + batch_size]),
-                         SOURCE_SIDE)[0]
+                         side)[0]
         inputs = torch.stack([x[:, 0] if i == channel else torch.full_like(x[:, 0], meta.normalization[m].background)
                               for i, m in enumerate(meta.modalities)], dim=1)
         labels = segmenter(inputs.to(device)).argmax(1).cpu().numpy()
@@ -182,7 +186,12 @@ def size_shape_fit(masks: Sequence[np.ndarray]) -> dict[str, float]:
 
 def compare_size_shape(real: Sequence[np.ndarray], generated: Sequence[np.ndarray]) -> dict[str, object]:
     """Median size and ESD of each set with Wilcoxon rank-sum p-values, both fits, and the two-sided t-test
-    p-value of equal slopes."""
+    p-value of equal slopes; a note instead when either set has fewer than `MIN_SHAPES` masks with a boundary."""
+    counts = [sum(1 for m in masks if tumour_size(m) > 0 and energy_spectral_distance(m) > 0)
+              for masks in (real, generated)]
+    if min(counts) < MIN_SHAPES:
+        return {"note": f"not computed: {counts[0]} real and {counts[1]} generated masks with a boundary "
+                        f"(at least {MIN_SHAPES} each needed)"}
     out: dict[str, object] = {}
     for name, fn in (("size", tumour_size), ("esd", energy_spectral_distance)):
         r = np.array([fn(m) for m in real if m.any()])

@@ -52,14 +52,14 @@ from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.ldm import (SIZE_KEY, AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig,
                         DenoiserConfig, KLAutoencoder, LatentDenoiser, kl_divergence, null_condition)
 from models.segmenter import SegmenterConfig, SliceSegmenter
-from train.config import ConfigError
+from train.config import ConfigError, VolumeRunConfig
 from train.curves import CsvLog, plot_curves
 from train.data.cache import CaseSlabs, load_slabs
 from train.data.cases import get_task
 from train.data.slices import select_slices
 from train.distributed import pick_device
 from train.run import normalization, now, training_cases
-from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.state import Stateful, restore_training, save_training
 
 STAGES: tuple[str, ...] = ("autoencoder", "diffusion", "downstream")
 DOMAINS: tuple[str, ...] = ("mask", "image", "joint")
@@ -173,16 +173,14 @@ class LDMTrain:
 
 
 @dataclass
-class LDMRun:
-    """output: the folder of every stage and domain: each run in `<output>/<domain>-<stage>` (log, curves,
-    resumable state); bundle: where final checkpoints go (default `<output>/bundle`; `python -m infer.augment
-    --weights` reads it); device: "auto", "cpu" or "cuda"."""
+class LDMRun(VolumeRunConfig):
+    """`VolumeRunConfig` where output is the folder of every stage and domain (each run in
+    `<output>/<domain>-<stage>`: log, curves, resumable state), plus bundle: where final checkpoints go (default
+    `<output>/bundle`; `python -m infer.augment --weights` reads it)."""
 
     output: str = "runs/ldm"
-    bundle: str | None = None
-    device: str = "auto"
-    progress: bool = True
     checkpoint_every: int = 500
+    bundle: str | None = None
 
 
 @dataclass
@@ -453,15 +451,12 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
         net.to(device).train()
     opts = [torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                               weight_decay=cfg.optim.weight_decay) for net in trained]
+    parts: dict[str, Stateful] = {}
+    for net, opt, key in zip(trained, opts, ("model", "discriminator")):
+        parts |= {key: net, f"optimizer_{key}": opt}
     step = 0
     if resume:
-        state = load_state(out)
-        check_resume(state, cfg.to_dict(), len(images))
-        for net, opt, key in zip(trained, opts, ("model", "discriminator")):
-            net.load_state_dict(state[key])
-            opt.load_state_dict(state[f"optimizer_{key}"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+        step = restore_training(out, parts, cfg.to_dict(), len(images))
     elif denoiser is not None:
         first = domain_inputs(domain, *sample_batch(images, masks, cfg, 0)).to(device)
         denoiser.scale_factor.fill_(latent_scale(ae, first))
@@ -472,10 +467,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
                                                                    float(denoiser.scale_factor))
 
     def checkpoint() -> None:
-        state = {"step": step, "train_slices": len(images), "config": cfg.to_dict(), "rng": rng_state()}
-        for net, opt, key in zip(trained, opts, ("model", "discriminator")):
-            state |= {key: net.state_dict(), f"optimizer_{key}": opt.state_dict()}
-        save_state(out, state)
+        save_training(out, parts, step, cfg.to_dict(), len(images))
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"ldm {cfg.model.stage} {domain}", unit="step",
@@ -570,21 +562,14 @@ def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
-    step = 0
-    if resume:
-        state = load_state(out)
-        check_resume(state, cfg.to_dict(), len(images))
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer_model"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+    parts: dict[str, Stateful] = {"model": model, "optimizer_model": opt}
+    step = restore_training(out, parts, cfg.to_dict(), len(images)) if resume else 0
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(cfg.train.steps, stop_after) if stop_after is not None else cfg.train.steps
 
     def checkpoint() -> None:
-        save_state(out, {"step": step, "train_slices": len(images), "config": cfg.to_dict(), "rng": rng_state(),
-                         "model": model.state_dict(), "optimizer_model": opt.state_dict()})
+        save_training(out, parts, step, cfg.to_dict(), len(images))
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"downstream R={cfg.data.ratio}", unit="step",

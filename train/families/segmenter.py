@@ -34,7 +34,7 @@ from train.data.cache import prepare_case
 from train.data.cases import TrainCase
 from train.data.sampler import ShardedBatches
 from train.schedule import scaled_lr, set_lr, warmup_cosine
-from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.state import Stateful, restore_training, save_training
 
 
 def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = None) -> Path:
@@ -55,14 +55,8 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
         optimizer = torch.optim.Adam(model.parameters(), lr=peak, betas=tuple(cfg.optim.betas))
         batches = ShardedBatches(len(data.dataset), cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed)
         total = total_steps(cfg, batches.steps_per_epoch)
-        step = 0
-        if resume:
-            state = load_state(out)
-            check_resume(state, cfg.to_dict(), len(data.dataset))
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-            set_rng_state(state["rng"])
+        parts: dict[str, Stateful] = {"model": model, "optimizer": optimizer}
+        step = restore_training(out, parts, cfg.to_dict(), len(data.dataset)) if resume else 0
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
             if ctx.distributed else model
         if cfg.train.compile:
@@ -73,8 +67,7 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
 
         def checkpoint() -> None:
             if ctx.is_main:
-                save_state(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                 "train_slices": len(data.dataset), "config": cfg.to_dict(), "rng": rng_state()})
+                save_training(out, parts, step, cfg.to_dict(), len(data.dataset))
                 plot_curves(out / "log.csv", out / "curves.png")
 
         stop = min(total, stop_after) if stop_after is not None else total

@@ -34,7 +34,7 @@ from train.curves import CsvLog, plot_curves
 from train.distributed import pick_device
 from train.run import now, training_cases
 from train.schedule import warmup_cosine
-from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.state import Stateful, restore_training, save_training
 from train.volumetric import crop_patch, optimizer_step, run_provenance, window_settings
 
 CHECKPOINT = "segmenter3d"
@@ -127,21 +127,15 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=1e-5)
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
-    steps, step = cfg.train.steps, 0
-    if resume:
-        state = load_state(out)
-        check_resume(state, cfg.to_dict(), len(cases))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+    parts: dict[str, Stateful] = {"model": model, "optimizer": optimizer}
+    steps = cfg.train.steps
+    step = restore_training(out, parts, cfg.to_dict(), len(cases)) if resume else 0
     warmup = max(math.ceil(cfg.optim.warmup_fraction * steps), 1)
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(steps, stop_after) if stop_after is not None else steps
 
     def checkpoint() -> None:
-        save_state(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "train_slices": len(cases), "config": cfg.to_dict(), "rng": rng_state()})
+        save_training(out, parts, step, cfg.to_dict(), len(cases))
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc="segmenter3d", unit="step", disable=not cfg.run.progress) as bar:

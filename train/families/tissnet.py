@@ -42,14 +42,14 @@ from infer.engine.tissnet import TARGETS_KEY
 from models.checkpoint import CheckpointMeta, load_model, save_checkpoint
 from models.tissnet import (PatchGANConfig, PerceptualConfig, PerceptualSegmenter, TissNet, TissNetConfig,
                             TissNetDiscriminators, TissNetOutput, consistency, error_target, refined_mask)
-from train.config import ConfigError, VolumeTrainConfig
+from train.config import ConfigError, VolumeRunConfig, VolumeTrainConfig
 from train.curves import CsvLog, plot_curves
 from train.data.cache import brain_box, foreground_masks
 from train.data.cases import TrainCase, get_task, load_case
 from train.distributed import pick_device
 from train.run import normalization, now, training_cases
 from train.schedule import set_lr
-from train.state import check_resume, load_state, rng_state, save_state, set_rng_state
+from train.state import Stateful, restore_training, save_training
 from train.volumetric import crop_patch, run_provenance
 
 STAGES: tuple[str, ...] = ("joint", "perceptual")
@@ -126,13 +126,10 @@ class TissNetOptim:
 
 
 @dataclass
-class TissNetRun:
-    """output: the run folder; device: "auto" (CUDA when present), "cpu" or "cuda"; checkpoint_every: steps
-    between resumable states (0 = only when the run stops)."""
+class TissNetRun(VolumeRunConfig):
+    """`VolumeRunConfig` with TISS-Net's defaults."""
 
     output: str = "runs/tissnet"
-    device: str = "auto"
-    progress: bool = True
     checkpoint_every: int = 500
 
 
@@ -364,27 +361,17 @@ def fit_tissnet(cfg: TissNetTrainingConfig, resume: bool = False, stop_after: in
     if discriminators is not None:
         discriminators.to(device).train()
         opt_d = torch.optim.Adam(discriminators.parameters(), lr=cfg.optim.lr, betas=betas)
-    steps, step = cfg.train.steps, 0
-    if resume:
-        state = load_state(out)
-        check_resume(state, cfg.to_dict(), len(cases))
-        model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["optimizer"])
-        if discriminators is not None:
-            discriminators.load_state_dict(state["discriminators"])
-            opt_d.load_state_dict(state["optimizer_d"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+    parts: dict[str, Stateful] = {"model": model, "optimizer": opt_g}
+    if discriminators is not None:
+        parts |= {"discriminators": discriminators, "optimizer_d": opt_d}
+    steps = cfg.train.steps
+    step = restore_training(out, parts, cfg.to_dict(), len(cases)) if resume else 0
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(steps, stop_after) if stop_after is not None else steps
     dice = dice_loss()
 
     def checkpoint() -> None:
-        state = {"model": model.state_dict(), "optimizer": opt_g.state_dict(), "step": step,
-                 "train_slices": len(cases), "config": cfg.to_dict(), "rng": rng_state()}
-        if discriminators is not None:
-            state |= {"discriminators": discriminators.state_dict(), "optimizer_d": opt_d.state_dict()}
-        save_state(out, state)
+        save_training(out, parts, step, cfg.to_dict(), len(cases))
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"tissnet {cfg.model.stage}", unit="step",
