@@ -224,7 +224,11 @@ def test_morphological_fidelity_against_the_shuffled_chance_level():
     masks = discs(6, size=32)
     perfect = morphological_fidelity(masks, masks, spacing=1.0)
     assert perfect["dice"] == 1.0 and perfect["hd95"] == 0.0
-    assert perfect["chance_dice"] < 0.9 and perfect["chance_hd95"] > 0
+    assert perfect["chance_dice"] < 0.9 and perfect["chance_hd95"] > 0 and perfect["empty"] == 0
+    with_empty = torch.cat([masks, torch.zeros_like(masks[:2])])
+    scored = morphological_fidelity(with_empty, with_empty, spacing=1.0)
+    assert scored == {**perfect, "empty": 2}  # empty-empty pairs do not count as perfect agreement
+    assert "two non-empty" in morphological_fidelity(with_empty[-3:], with_empty[-3:])["note"]
 
 
 class _SideProbe(torch.nn.Module):
@@ -379,6 +383,7 @@ def test_experiment_runs_every_step_and_resumes_from_the_bundle(brats18_data, tm
                   "segmenter-R0", "segmenter-R1"):
         assert f"| {entry} | 2 |" in report
     assert "| two-step |" in report and "| one-step |" in report and "| 1 |" in report
+    assert (tmp_path / "run" / "pairs.png").stat().st_size > 1000
     capsys.readouterr()
     assert experiment_main(argv) == 0  # everything is reused: nothing trains or samples again
     err = capsys.readouterr().err

@@ -7,7 +7,8 @@
 4. The downstream segmenters with R x as many synthetic pairs as real ones, for the other R.
 5. `infer.evaluate.generative` for each mode: FID / KID (with `--features`), morphological fidelity judged by the
    R = 0 segmenter, and the size-shape relation, against the split's validation cases.
-6. `report.md` in the output folder: every table, the training time of each network and the command.
+6. `report.md` in the output folder: every table, the training time of each network and the command, with
+   `pairs.png`: real validation pairs and generated ones of each mode (the mask's outline in red).
 
 A stage whose checkpoint is in the bundle is reused; one whose run folder holds a resumable state continues
 from it; so stopping the command and running it again picks up where it stopped. The three stage configs are
@@ -26,8 +27,9 @@ from typing import Any
 
 import torch
 
-from infer.augment import RECORD_FILE, augment
-from infer.evaluate.generative import main as evaluate_generative
+from infer.augment import RECORD_FILE, augment, generate, load_generator, pair_seed, read_pairs
+from infer.engine.cases import read_split
+from infer.evaluate.generative import main as evaluate_generative, real_pairs
 from models.checkpoint import CONFIG_FILE, CheckpointError, read_config
 from train.__main__ import fit_family
 from train.config import ConfigError, config_data
@@ -147,7 +149,56 @@ def evaluate_mode(exp: Experiment, mode: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- report
 
 
+PICTURE_PAIRS: int = 8
+"""Pairs per row of `pairs.png`."""
+
+
+def pairs_picture(rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: Path) -> Path:
+    """One row per title: (N, 1, S, S) images in [-1, 1] with their {0, 1} masks outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(images) for images, _ in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
+    for ax_row, (title, (images, masks)) in zip(axes, rows.items()):
+        for k, ax in enumerate(ax_row):
+            ax.axis("off")
+            if k < len(images):
+                ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
+                if masks[k].any():
+                    ax.contour(masks[k, 0].numpy(), levels=[0.5], colors="red", linewidths=0.7)
+        ax_row[0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def picture_rows(exp: Experiment) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Evenly spaced real validation pairs, the first synthetic two-step pairs and, for the one-step mode,
+    as many of its pairs (seeds as the evaluation's)."""
+    data = exp.stage(exp.downstream)["data"]
+    generator = load_generator(exp.bundle, exp.modes[0], exp.device)
+    lead = generator.image or generator.joint
+    images, masks = real_pairs(data["roots"][0], read_split(data["split"])[1], generator.modality,
+                               lead.denoiser.meta.normalization[generator.modality], generator.size,
+                               data.get("region", "WT"))
+    pick = torch.linspace(0, len(images) - 1, PICTURE_PAIRS).long()
+    rows = {"real (validation)": (images[pick], masks[pick])}
+    if (exp.synthetic / RECORD_FILE).is_file():
+        rows["two-step (synthetic set)"] = read_pairs(exp.synthetic, PICTURE_PAIRS)
+    if "one-step" in exp.modes:
+        one_step = load_generator(exp.bundle, "one-step", exp.device)
+        x, m = generate(one_step, [pair_seed(exp.seed, i) for i in range(PICTURE_PAIRS)], exp.steps, 0.0, exp.device)
+        rows["one-step"] = (x.cpu(), m.cpu())
+    return rows
+
+
 def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
@@ -177,18 +228,19 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
              "## Training", "", *training_table(exp.bundle), "", "## Generated pairs", "",
              f"{exp.count} pairs per mode (seed {exp.seed}, {exp.steps} DDIM steps, guidance omega "
              f"{_num(exp.guidance, 1)} for the two-step image LDM) against the axial tumour slices of the "
-             "validation cases. Morphological fidelity: Dice / HD95 (mm) between each conditioning mask and the "
-             "R = 0 segmenter's mask of the generated image; chance: the same with the masks shuffled between "
-             "images; real: the segmenter on the real validation pairs.", ""]
+             "validation cases. Morphological fidelity: Dice / HD95 (mm) between each non-empty conditioning mask "
+             "and the R = 0 segmenter's mask of the generated image; chance: the same with the masks shuffled "
+             "between images; real: the segmenter on the real validation pairs; empty: generated pairs whose "
+             "mask is empty (not scored).", ""]
     rows = []
     for mode, rep in generative.items():
         fid, iq = rep.get("morphological_fidelity", {}), rep["image_quality"]
         real = rep.get("real_reference", {})
         rows.append([mode, _num(fid.get("dice")), _num(fid.get("chance_dice")), _num(fid.get("hd95"), 1),
                      _num(fid.get("chance_hd95"), 1), _num(real.get("dice")), _num(real.get("hd95"), 1),
-                     _num(iq["fid"], 1), _num(iq["kid"], 4)])
-    lines += _table(["mode", "Dice", "chance Dice", "HD95", "chance HD95", "real Dice", "real HD95", "FID", "KID"],
-                    rows)
+                     fid.get("empty"), _num(iq["fid"], 1), _num(iq["kid"], 4)])
+    lines += _table(["mode", "Dice", "chance Dice", "HD95", "chance HD95", "real Dice", "real HD95", "empty",
+                     "FID", "KID"], rows)
     lines += ["", "Size-shape relation (Tables 3-4): median tumour size (share of the slice) and ESD, Wilcoxon "
               "rank-sum p against the real masks; log ESD = b0 + b1 log size, t-test p of equal slopes.", ""]
     rows = []
@@ -203,7 +255,7 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
                      _num(ss["slope_p"])])
     lines += _table(["mode", "size real / generated", "p", "ESD real / generated", "p", "b1 real", "b1 generated",
                      "slope p"], rows)
-    lines += ["", "## Downstream segmentation", "",
+    lines += ["", "![real and generated pairs](pairs.png)", "", "## Downstream segmentation", "",
               "A FLAIR-only two-class slice segmenter trained on the real training slices plus R x as many "
               "two-step synthetic pairs, scored on the validation cases' tumour slices (mean Dice and HD95 in mm "
               "per slice).", ""]
@@ -226,6 +278,7 @@ def run(exp: Experiment, command: str) -> Path:
         synthetic_pairs(exp, max(exp.ratios) * downstream[0]["real_slices"])
         downstream += [fit_downstream_run(exp, r) for r in sorted(set(exp.ratios) - {0})]
     generative = {mode: evaluate_mode(exp, mode) for mode in exp.modes}
+    pairs_picture(picture_rows(exp), exp.output / "pairs.png")
     path = exp.output / "report.md"
     path.write_text(report(exp, command, generative, downstream))
     return path

@@ -5,8 +5,8 @@ infer.evaluate.generative`.
   generated images, from a feature network the user gives: a TorchScript file mapping (B, 3, H, W) images in
   [0, 1] (grey repeated) to (B, F) features, or to feature maps that are averaged over space (the paper uses
   InceptionV3 at 299 x 299). Without one, both are reported as not computed.
-- Morphological fidelity: Dice and HD95 between each conditioning mask and the mask a slice segmenter finds in
-  the image generated from it, beside the same scores with the masks shuffled between images (a derangement:
+- Morphological fidelity: Dice and HD95 between each non-empty conditioning mask and the mask a slice segmenter
+  finds in the image generated from it, beside the same scores with the masks shuffled between images (a derangement:
   the chance level) and, for reference, the segmenter on real pairs. The segmenter is a `segmenter` checkpoint
   (`models.segmenter`, e.g. the bundled weights/slice-segmenter): the image goes into its channel of the
   generated modality, every other input channel is background, and it sees the slice at 240 x 240.
@@ -147,12 +147,20 @@ def _mean_scores(pred: np.ndarray, ref: np.ndarray, spacing: float) -> dict[str,
 def morphological_fidelity(conditioning: torch.Tensor, predicted: torch.Tensor, spacing: float = 1.0,
                            seed: int = 0) -> dict[str, float]:
     """Mean Dice and HD95 (mm) of the predicted masks against their conditioning masks, and against the
-    conditioning masks of other images (`chance_dice`, `chance_hd95`)."""
+    conditioning masks of other images (`chance_dice`, `chance_hd95`), over the pairs whose conditioning mask
+    is not empty (an empty one would score Dice 1 against an image without tumour); `empty` counts the others.
+    A note instead of scores when fewer than two are left."""
     cond = conditioning[:, 0].numpy() > 0.5
     pred = predicted[:, 0].numpy() > 0.5
+    kept = cond.reshape(len(cond), -1).any(axis=1)
+    cond, pred = cond[kept], pred[kept]
+    if len(cond) < 2:
+        return {"note": f"{NOT_COMPUTED}: fewer than two non-empty conditioning masks", "pairs": len(cond),
+                "empty": int((~kept).sum())}
     matched = _mean_scores(pred, cond, spacing)
     chance = _mean_scores(pred, cond[derangement(len(cond), seed)], spacing)
-    return {**matched, "chance_dice": chance["dice"], "chance_hd95": chance["hd95"], "pairs": len(cond)}
+    return {**matched, "chance_dice": chance["dice"], "chance_hd95": chance["hd95"], "pairs": len(cond),
+            "empty": int((~kept).sum())}
 
 
 # ------------------------------------------------------------------------------------------------ size-shape
