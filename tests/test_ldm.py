@@ -14,10 +14,11 @@ import torch
 from monai.inferers import LatentDiffusionInferer
 
 from conventions.tasks import BRASYN
+from infer.engine.cases import read_split
 from infer.augment import LatentModel, generate, load_generator, main as augment_main, pair_seed, read_pairs
 from infer.evaluate.generative import (NOT_COMPUTED, compare_size_shape, energy_spectral_distance, image_quality,
                                        load_feature_network, main as generative_main,
-                                       morphological_fidelity, segmenter_masks)
+                                       morphological_fidelity, real_pairs, segmenter_masks)
 from models.checkpoint import CheckpointError, CheckpointMeta, load_model, save_checkpoint
 from models.ldm import (SIZE_KEY, AutoencoderConfig, AutoencoderDiscriminator, AutoencoderDiscriminatorConfig,
                         DenoiserConfig, KLAutoencoder, LatentDenoiser, guided_noise, guided_prediction, monai_cfg,
@@ -31,6 +32,9 @@ from train.families.ldm import (AutoencoderLosses, LDMData, LDMLoss, LDMTraining
                                 slice_pairs)
 
 SIZE = 16
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "weights" / "ldm"
+SPLIT = REPO / "train" / "splits" / "brats18.json"
 TINY_AE = dict(channels=(8, 16), latent_channels=2, res_blocks=1, norm_groups=4)
 TINY_DENOISER = dict(channels=(8, 16), attention=(False, True), res_blocks=1, head_channels=8, norm_groups=4,
                      embedding_channels=8)
@@ -329,7 +333,7 @@ def test_fit_every_stage_then_augment(brats18_data, tmp_path):
 
 @pytest.mark.parametrize("domain", ["mask", "image", "joint"])
 def test_the_cpu_configs_build_each_domains_networks(domain):
-    configs = Path(__file__).resolve().parents[1] / "train" / "configs"
+    configs = REPO / "train" / "configs"
     ae_cfg = from_dict(LDMTrainingConfig, config_data(configs / "ldm-autoencoder-cpu.yaml", [f"data.domain={domain}"]))
     ae, disc = build_autoencoder(ae_cfg)
     assert ae.config.in_channels == disc.config.in_channels == (2 if domain == "joint" else 1)
@@ -383,8 +387,24 @@ def test_experiment_runs_every_step_and_resumes_from_the_bundle(brats18_data, tm
                   "segmenter-R0", "segmenter-R1"):
         assert f"| {entry} | 2 |" in report
     assert "| two-step |" in report and "| one-step |" in report and "| 1 |" in report
+    assert "| two-step: image LDM on real masks |" in report
     assert (tmp_path / "run" / "pairs.png").stat().st_size > 1000
     capsys.readouterr()
     assert experiment_main(argv) == 0  # everything is reused: nothing trains or samples again
     err = capsys.readouterr().err
     assert err.count("reused") == 9 and "training" not in err
+
+
+def test_bundled_image_generator_follows_real_masks_better_than_chance(brats18_data):
+    """weights/ldm conditioned on tumour masks of a validation case: the bundled R = 0 segmenter finds each
+    mask in the image painted around it better than it finds the masks of other slices there."""
+    cpu = torch.device("cpu")
+    generator = load_generator(BUNDLED, None, cpu)
+    assert generator.mode == "two-step" and generator.modality == "t2f"
+    norm = generator.image.denoiser.meta.normalization["t2f"]
+    _, masks = real_pairs(brats18_data, read_split(SPLIT)[1][:1], "t2f", norm, generator.size)
+    masks = masks[torch.linspace(0, len(masks) - 1, 8).long()]
+    images, _ = generate(generator, [pair_seed(0, i) for i in range(8)], 10, 3.0, cpu, masks=masks)
+    segmenter = load_model(BUNDLED / "segmenter-R0", kind="segmenter")
+    fidelity = morphological_fidelity(masks, segmenter_masks(segmenter, images, "t2f"))
+    assert fidelity["pairs"] == 8 and fidelity["dice"] > fidelity["chance_dice"] + 0.05

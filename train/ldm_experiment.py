@@ -231,7 +231,8 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
              "validation cases. Morphological fidelity: Dice / HD95 (mm) between each non-empty conditioning mask "
              "and the R = 0 segmenter's mask of the generated image; chance: the same with the masks shuffled "
              "between images; real: the segmenter on the real validation pairs; empty: generated pairs whose "
-             "mask is empty (not scored).", ""]
+             "mask is empty (not scored). \"image LDM on real masks\": the second step alone, painting images "
+             "around real validation masks.", ""]
     rows = []
     for mode, rep in generative.items():
         fid, iq = rep.get("morphological_fidelity", {}), rep["image_quality"]
@@ -239,6 +240,11 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
         rows.append([mode, _num(fid.get("dice")), _num(fid.get("chance_dice")), _num(fid.get("hd95"), 1),
                      _num(fid.get("chance_hd95"), 1), _num(real.get("dice")), _num(real.get("hd95"), 1),
                      fid.get("empty"), _num(iq["fid"], 1), _num(iq["kid"], 4)])
+        if "real_mask_conditioning" in rep:
+            own = rep["real_mask_conditioning"]
+            rows.append([f"{mode}: image LDM on real masks", _num(own.get("dice")), _num(own.get("chance_dice")),
+                         _num(own.get("hd95"), 1), _num(own.get("chance_hd95"), 1), "", "", own.get("empty"), "",
+                         ""])
     lines += _table(["mode", "Dice", "chance Dice", "HD95", "chance HD95", "real Dice", "real HD95", "empty",
                      "FID", "KID"], rows)
     lines += ["", "Size-shape relation (Tables 3-4): median tumour size (share of the slice) and ESD, Wilcoxon "

@@ -7,9 +7,11 @@ infer.evaluate.generative`.
   InceptionV3 at 299 x 299). Without one, both are reported as not computed.
 - Morphological fidelity: Dice and HD95 between each non-empty conditioning mask and the mask a slice segmenter
   finds in the image generated from it, beside the same scores with the masks shuffled between images (a derangement:
-  the chance level) and, for reference, the segmenter on real pairs. The segmenter is a `segmenter` checkpoint
+  the chance level) and, for reference, the segmenter on real pairs; for the two-step framework also the image
+  generator alone, conditioned on real validation masks. The segmenter is a `segmenter` checkpoint
   (`models.segmenter`, e.g. the bundled weights/slice-segmenter): the image goes into its channel of the
-  generated modality, every other input channel is background, and it sees the slice at 240 x 240.
+  generated modality, every other input channel is background, and it sees the slice at the size it was
+  trained at.
 - The mask generator's size-shape relation (Tables 3-4): tumour size (share of the slice) and Energy Spectral
   Distance (ESD: the mean energy |F_f|^2 of the Fourier components of |d - mean d|, d the distances of the mask's
   boundary pixels to its centroid in angular order), the linear fit log ESD = b0 + b1 log size of real and
@@ -244,17 +246,24 @@ def real_pairs(root: str | Path, names: Sequence[str] | None, modality: str, nor
 # ---------------------------------------------------------------------------------------------------- command
 
 
+def generate_all(generator: Generator, seeds: Sequence[int], steps: int, omega: float, device: torch.device,
+                 batch_size: int, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`generate` in batches (two-step: conditioned on `masks` when given), on the CPU."""
+    images, out_masks = [], []
+    for start in tqdm(range(0, len(seeds), batch_size), desc="generating", unit="batch"):
+        given = None if masks is None else masks[start:start + batch_size]
+        x, m = generate(generator, seeds[start:start + batch_size], steps, omega, device, given)
+        images.append(x.cpu())
+        out_masks.append(m.cpu())
+    return torch.cat(images), torch.cat(out_masks)
+
+
 def evaluate(generator: Generator, real_images: torch.Tensor, real_masks: torch.Tensor, count: int, seed: int,
              steps: int, omega: float, device: torch.device, segmenter: torch.nn.Module | None,
              features: torch.nn.Module | None, feature_size: int = 299, batch_size: int = 8) -> dict[str, object]:
     """Generate `count` pairs and score them against the real slices (module docstring)."""
     seeds = [pair_seed(seed, i) for i in range(count)]
-    images, masks = [], []
-    for start in tqdm(range(0, count, batch_size), desc="generating", unit="batch"):
-        x, m = generate(generator, seeds[start:start + batch_size], steps, omega, device)
-        images.append(x.cpu())
-        masks.append(m.cpu())
-    images, masks = torch.cat(images), torch.cat(masks)
+    images, masks = generate_all(generator, seeds, steps, omega, device, batch_size)
     spacing = SOURCE_SIDE / generator.size
     report: dict[str, object] = {"mode": generator.mode, "count": count, "seed": seed, "steps": steps,
                                  "guidance": omega, "real_slices": len(real_images),
@@ -264,6 +273,11 @@ def evaluate(generator: Generator, real_images: torch.Tensor, real_masks: torch.
             masks, segmenter_masks(segmenter, images, generator.modality), spacing, seed)
         report["real_reference"] = morphological_fidelity(
             real_masks, segmenter_masks(segmenter, real_images, generator.modality), spacing, seed)
+        if generator.mode == "two-step":
+            chosen = real_masks[torch.linspace(0, len(real_masks) - 1, min(count, len(real_masks))).long()]
+            painted, _ = generate_all(generator, seeds[:len(chosen)], steps, omega, device, batch_size, chosen)
+            report["real_mask_conditioning"] = morphological_fidelity(
+                chosen, segmenter_masks(segmenter, painted, generator.modality), spacing, seed)
     report["size_shape"] = compare_size_shape([m[0].numpy() > 0 for m in real_masks],
                                               [m[0].numpy() > 0 for m in masks])
     return report
