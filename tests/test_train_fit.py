@@ -3,6 +3,7 @@ import json
 import math
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from train.distributed import init_distributed, shutdown
 from train.loop import GanRun, fit
 from train.families.segmenter import dice, fit_segmenter, validation_dice
 from train.run import build_data
-from train.state import STATE_FILE
+from train.state import STATE_FILE, TrainingClock, restore_training, save_state, save_training
 
 TINY = Path(__file__).resolve().parents[1] / "train" / "configs" / "tiny.yaml"
 VAL_CASE = "BraTS-GLI-00001-000"  # the case without a segmentation: validation only
@@ -192,3 +193,17 @@ def test_model_init_starts_a_run_from_a_generator_checkpoint(common, tmp_path):
             GanRun(other, ctx, resume=False)
     finally:
         shutdown(ctx)
+
+
+def test_training_clock_sums_the_seconds_of_resumed_segments(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    first = TrainingClock("2026-01-01T00:00:00", origin=time.monotonic() - 5.0)  # trained 5 s so far
+    save_training(tmp_path, {"model": net}, 3, {"a": 1}, 10, first)
+    later = TrainingClock("2026-01-02T00:00:00")
+    assert restore_training(tmp_path, {"model": net}, {"a": 1}, 10, later) == 3
+    assert later.started == "2026-01-01T00:00:00" and 5.0 <= later.seconds < 6.0
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    save_state(tmp_path, {k: v for k, v in state.items() if k != "clock"})  # a state from before clocks were kept
+    fresh = TrainingClock("2026-01-03T00:00:00")
+    restore_training(tmp_path, {"model": net}, {"a": 1}, 10, fresh)
+    assert fresh.started == "2026-01-03T00:00:00" and fresh.seconds < 1.0

@@ -8,7 +8,6 @@ and `validation-<step>.png`, and at the end `generator/` and `discriminator/` in
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ from train.families.pix2pix import Pix2PixModels, Pix2PixUpdate
 from train.run import RunData, build_data, image_size, make_loader, now, prepare_output, provenance, total_steps
 from train.data.sampler import ShardedBatches
 from train.schedule import scaled_lr, warmup_cosine
-from train.state import Stateful, restore_training, save_training
+from train.state import Stateful, TrainingClock, restore_training, save_training
 from train.validate import engine_settings, plot_samples, validate, validation_plan
 
 
@@ -98,7 +97,7 @@ class GanRun:
 
     def __init__(self, cfg: Config, ctx: DistContext, resume: bool) -> None:
         self.cfg, self.ctx = cfg, ctx
-        self.started, self.clock = now(), time.monotonic()
+        self.clock = TrainingClock(now())
         self.gen_cfg, disc_cfg = network_configs(cfg, len(get_task(cfg.data.task).modalities))
         check_validation(cfg)
         self.out = prepare_output(cfg, ctx, resume)
@@ -180,11 +179,12 @@ class GanRun:
                 "opt_d": self.opt_d}
 
     def _resume(self) -> None:
-        self.step = restore_training(self.out, self._parts(), self.cfg.to_dict(), len(self.data.dataset))
+        self.step = restore_training(self.out, self._parts(), self.cfg.to_dict(), len(self.data.dataset),
+                                     self.clock)
 
     def checkpoint(self) -> None:
         if self.ctx.is_main:
-            save_training(self.out, self._parts(), self.step, self.cfg.to_dict(), len(self.data.dataset),
+            save_training(self.out, self._parts(), self.step, self.cfg.to_dict(), len(self.data.dataset), self.clock,
                           epoch_position=list(self.batches.position(self.step)))
             plot_curves(self.out / "log.csv", self.out / "curves.png")
 
@@ -236,8 +236,8 @@ class GanRun:
         timing this process."""
         if not self.ctx.is_main:
             return
-        seconds = time.monotonic() - self.clock
-        prov = provenance(self.cfg, self.data, self.step, self.global_batch, self.started, seconds,
+        seconds = self.clock.seconds
+        prov = provenance(self.cfg, self.data, self.step, self.global_batch, self.clock.started, seconds,
                           optimizer_steps=self.step * self.steps_per_batch)
         if exported:
             prov["time"] = {"exported": prov["time"]["finished"], "exported_at_step": self.step,

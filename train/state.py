@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +46,46 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@dataclass
+class TrainingClock:
+    """When a training run started and how many seconds it has trained, summed over its resumed segments."""
+
+    started: str
+    before: float = 0.0
+    origin: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.origin
+
+    def to_state(self) -> dict[str, Any]:
+        return {"started": self.started, "train_seconds": round(self.seconds, 1)}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue the clock of a saved state (one saved before clocks were kept leaves it as it is)."""
+        if "started" in state:
+            self.started, self.before, self.origin = state["started"], float(state["train_seconds"]), time.monotonic()
+
+
 def save_training(folder: str | Path, parts: Mapping[str, Stateful], step: int, config: dict[str, Any],
-                  train_slices: int, **extra: Any) -> Path:
+                  train_slices: int, clock: TrainingClock, **extra: Any) -> Path:
     """Save the state dicts of `parts` under their names, with the step, the config, the number of training
-    slices (or cases) and the RNG states, plus any `extra` entries."""
+    slices (or cases), the RNG states and the clock, plus any `extra` entries."""
     return save_state(folder, {**{key: part.state_dict() for key, part in parts.items()}, "step": step,
-                               "train_slices": train_slices, "config": config, "rng": rng_state(), **extra})
+                               "train_slices": train_slices, "config": config, "rng": rng_state(),
+                               "clock": clock.to_state(), **extra})
 
 
 def restore_training(folder: str | Path, parts: Mapping[str, Stateful], config: dict[str, Any],
-                     train_slices: int) -> int:
-    """Load the state `save_training` wrote into `parts` and the RNGs, after `check_resume`; returns its step."""
+                     train_slices: int, clock: TrainingClock) -> int:
+    """Load the state `save_training` wrote into `parts`, the RNGs and `clock`, after `check_resume`; returns
+    its step."""
     state = load_state(folder)
     check_resume(state, config, train_slices)
     for key, part in parts.items():
         part.load_state_dict(state[key])
     set_rng_state(state["rng"])
+    clock.resume(state.get("clock", {}))
     return state["step"]
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from train.data.cases import get_task
 from train.data.slices import select_slices
 from train.distributed import pick_device
 from train.run import normalization, now, training_cases
-from train.state import Stateful, restore_training, save_training
+from train.state import Stateful, TrainingClock, restore_training, save_training
 
 STAGES: tuple[str, ...] = ("autoencoder", "diffusion", "downstream")
 DOMAINS: tuple[str, ...] = ("mask", "image", "joint")
@@ -426,7 +425,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
     _check(cfg)
     if cfg.model.stage == "downstream":
         return fit_downstream(cfg, resume, stop_after)
-    started, clock = now(), time.monotonic()
+    clock = TrainingClock(now())
     domain, bundle = cfg.data.domain, bundle_folder(cfg)
     final = bundle / (autoencoder_folder(domain) if cfg.model.stage == "autoencoder" else domain)
     if final.exists():
@@ -456,7 +455,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
         parts |= {key: net, f"optimizer_{key}": opt}
     step = 0
     if resume:
-        step = restore_training(out, parts, cfg.to_dict(), len(images))
+        step = restore_training(out, parts, cfg.to_dict(), len(images), clock)
     elif denoiser is not None:
         first = domain_inputs(domain, *sample_batch(images, masks, cfg, 0)).to(device)
         denoiser.scale_factor.fill_(latent_scale(ae, first))
@@ -467,7 +466,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
                                                                    float(denoiser.scale_factor))
 
     def checkpoint() -> None:
-        save_training(out, parts, step, cfg.to_dict(), len(images))
+        save_training(out, parts, step, cfg.to_dict(), len(images), clock)
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"ldm {cfg.model.stage} {domain}", unit="step",
@@ -494,7 +493,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
         prov = {"config": cfg.to_dict(), "steps": step, "train_cases": case_names, "train_slices": len(images),
                 "domain": domain, "modality": cfg.data.modality, "region": cfg.data.region, SIZE_KEY: cfg.data.size,
                 "perceptual": bool(losses.perceptual),
-                "time": {"started": started, "finished": now(), "train_seconds": round(time.monotonic() - clock, 1)},
+                "time": {**clock.to_state(), "finished": now()},
                 "software": {"torch": torch.__version__, "python": platform.python_version()}}
         task = data["task"]
         meta = CheckpointMeta(kind="ldm_autoencoder", task=task.name, modalities=(cfg.data.modality,),
@@ -542,7 +541,7 @@ def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int
     modality (`model.segmenter`, MONAI DynUNet) trained with Dice + cross-entropy on the real training slices
     plus R x as many synthetic pairs, then scored on the validation cases' tumour slices (mean Dice and HD95 per
     slice, `validation.json` in the run folder). Writes `<bundle>/segmenter-R<R>`."""
-    started, clock = now(), time.monotonic()
+    clock = TrainingClock(now())
     out, bundle = run_folder(cfg), bundle_folder(cfg)
     final = bundle / f"segmenter-R{cfg.data.ratio}"
     if final.exists():
@@ -563,13 +562,13 @@ def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     parts: dict[str, Stateful] = {"model": model, "optimizer_model": opt}
-    step = restore_training(out, parts, cfg.to_dict(), len(images)) if resume else 0
+    step = restore_training(out, parts, cfg.to_dict(), len(images), clock) if resume else 0
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(cfg.train.steps, stop_after) if stop_after is not None else cfg.train.steps
 
     def checkpoint() -> None:
-        save_training(out, parts, step, cfg.to_dict(), len(images))
+        save_training(out, parts, step, cfg.to_dict(), len(images), clock)
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"downstream R={cfg.data.ratio}", unit="step",
@@ -598,7 +597,7 @@ def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int
               f"({len(val_images)} tumour slices)")
         prov = {"config": cfg.to_dict(), "steps": step, "train_cases": case_names, "train_slices": len(images),
                 "synthetic_slices": synthetic, "validation": result, SIZE_KEY: cfg.data.size,
-                "time": {"started": started, "finished": now(), "train_seconds": round(time.monotonic() - clock, 1)},
+                "time": {**clock.to_state(), "finished": now()},
                 "software": {"torch": torch.__version__, "python": platform.python_version()}}
         save_checkpoint(model, final, CheckpointMeta(
             kind="segmenter", task=data["task"].name, modalities=(cfg.data.modality,),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,14 +33,14 @@ from train.data.cache import prepare_case
 from train.data.cases import TrainCase
 from train.data.sampler import ShardedBatches
 from train.schedule import scaled_lr, set_lr, warmup_cosine
-from train.state import Stateful, restore_training, save_training
+from train.state import Stateful, TrainingClock, restore_training, save_training
 
 
 def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = None) -> Path:
     """Run (or resume) segmenter training as configured; returns the run folder."""
     ctx = init_distributed(cfg.run.device)
     try:
-        started, clock = now(), time.monotonic()
+        clock = TrainingClock(now())
         out = prepare_output(cfg, ctx, resume)
         data = build_data(cfg, ctx, context=0)
         try:
@@ -56,7 +55,7 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
         batches = ShardedBatches(len(data.dataset), cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed)
         total = total_steps(cfg, batches.steps_per_epoch)
         parts: dict[str, Stateful] = {"model": model, "optimizer": optimizer}
-        step = restore_training(out, parts, cfg.to_dict(), len(data.dataset)) if resume else 0
+        step = restore_training(out, parts, cfg.to_dict(), len(data.dataset), clock) if resume else 0
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
             if ctx.distributed else model
         if cfg.train.compile:
@@ -67,7 +66,7 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
 
         def checkpoint() -> None:
             if ctx.is_main:
-                save_training(out, parts, step, cfg.to_dict(), len(data.dataset))
+                save_training(out, parts, step, cfg.to_dict(), len(data.dataset), clock)
                 plot_curves(out / "log.csv", out / "curves.png")
 
         stop = min(total, stop_after) if stop_after is not None else total
@@ -96,7 +95,7 @@ def fit_segmenter(cfg: Config, resume: bool = False, stop_after: int | None = No
                 checkpoint()
         checkpoint()
         if step == total and ctx.is_main:
-            prov = provenance(cfg, data, step, global_batch, started, time.monotonic() - clock)
+            prov = provenance(cfg, data, step, global_batch, clock.started, clock.seconds)
             meta = CheckpointMeta(kind="segmenter", task=data.task.name, modalities=data.modalities,
                                   normalization=data.norms, views=tuple(cfg.data.views), provenance=prov)
             save_checkpoint(model, out / "segmenter", meta)

@@ -12,7 +12,6 @@ seed and s) and, at the end, `segmenter3d/` (kind "segmenter3d", task "segment")
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from train.curves import CsvLog, plot_curves
 from train.distributed import pick_device
 from train.run import now, training_cases
 from train.schedule import warmup_cosine
-from train.state import Stateful, restore_training, save_training
+from train.state import Stateful, TrainingClock, restore_training, save_training
 from train.volumetric import crop_patch, optimizer_step, run_provenance, window_settings
 
 CHECKPOINT = "segmenter3d"
@@ -106,7 +105,7 @@ def segmenter_inputs(cfg: VolumeConfig, available: Sequence[str]) -> tuple[str, 
 
 def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | None = None) -> Path:
     """Train (or continue training) the 3D segmenter as configured; returns the run folder."""
-    started, clock = now(), time.monotonic()
+    clock = TrainingClock(now())
     task = get_task(cfg.data.task)
     modalities = segmenter_inputs(cfg, task.modalities)
     config = segmenter_config(cfg, len(modalities))
@@ -129,13 +128,13 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
     parts: dict[str, Stateful] = {"model": model, "optimizer": optimizer}
     steps = cfg.train.steps
-    step = restore_training(out, parts, cfg.to_dict(), len(cases)) if resume else 0
+    step = restore_training(out, parts, cfg.to_dict(), len(cases), clock) if resume else 0
     warmup = max(math.ceil(cfg.optim.warmup_fraction * steps), 1)
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(steps, stop_after) if stop_after is not None else steps
 
     def checkpoint() -> None:
-        save_training(out, parts, step, cfg.to_dict(), len(cases))
+        save_training(out, parts, step, cfg.to_dict(), len(cases), clock)
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc="segmenter3d", unit="step", disable=not cfg.run.progress) as bar:
@@ -154,6 +153,6 @@ def fit_segmenter3d(cfg: VolumeConfig, resume: bool = False, stop_after: int | N
     checkpoint()
     if step == steps:
         meta = CheckpointMeta(kind="segmenter3d", task=SEGMENT.name, modalities=modalities, views=(),
-                              provenance=run_provenance(cfg, cases, window, started, time.monotonic() - clock))
+                              provenance=run_provenance(cfg, cases, window, clock.started, clock.seconds))
         save_checkpoint(model, out / CHECKPOINT, meta)
     return out

@@ -21,7 +21,6 @@ folder gets `config.yaml`, `log.csv` + `curves.png` (every term and the rate per
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from train.data.cases import TrainCase, get_task, load_case
 from train.distributed import pick_device
 from train.run import normalization, now, training_cases
 from train.schedule import set_lr
-from train.state import Stateful, restore_training, save_training
+from train.state import Stateful, TrainingClock, restore_training, save_training
 from train.volumetric import crop_patch, run_provenance
 
 STAGES: tuple[str, ...] = ("joint", "perceptual")
@@ -325,7 +324,7 @@ def _perceptual(cfg: TissNetTrainingConfig, device: torch.device) -> nn.Module |
 def fit_tissnet(cfg: TissNetTrainingConfig, resume: bool = False, stop_after: int | None = None) -> Path:
     """Train (or continue training) the configured stage; returns the run folder."""
     _check(cfg)
-    started, clock = now(), time.monotonic()
+    clock = TrainingClock(now())
     task = get_task(cfg.data.task)
     if cfg.data.target not in task.target_modalities:
         raise ConfigError(f"data.target: task {task.name} synthesises {', '.join(task.target_modalities)}, "
@@ -365,13 +364,13 @@ def fit_tissnet(cfg: TissNetTrainingConfig, resume: bool = False, stop_after: in
     if discriminators is not None:
         parts |= {"discriminators": discriminators, "optimizer_d": opt_d}
     steps = cfg.train.steps
-    step = restore_training(out, parts, cfg.to_dict(), len(cases)) if resume else 0
+    step = restore_training(out, parts, cfg.to_dict(), len(cases), clock) if resume else 0
     log = CsvLog(out / "log.csv", step if resume else None)
     stop = min(steps, stop_after) if stop_after is not None else steps
     dice = dice_loss()
 
     def checkpoint() -> None:
-        save_training(out, parts, step, cfg.to_dict(), len(cases))
+        save_training(out, parts, step, cfg.to_dict(), len(cases), clock)
         plot_curves(out / "log.csv", out / "curves.png")
 
     with tqdm(total=stop, initial=step, desc=f"tissnet {cfg.model.stage}", unit="step",
@@ -394,7 +393,7 @@ def fit_tissnet(cfg: TissNetTrainingConfig, resume: bool = False, stop_after: in
                 checkpoint()
     checkpoint()
     if step == steps:
-        prov = run_provenance(cfg, cases, window, started, time.monotonic() - clock,
+        prov = run_provenance(cfg, cases, window, clock.started, clock.seconds,
                               **{TARGETS_KEY: [cfg.data.target], "stage": cfg.model.stage})
         meta = CheckpointMeta(kind="tissnet", task=task.name, modalities=task.modalities, normalization=norms,
                               views=("axial",), provenance=prov)
