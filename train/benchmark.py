@@ -60,6 +60,7 @@ from infer.evaluate.baselines import copy_baseline, copy_source
 from infer.evaluate.downstream import Segmenter, score_labels
 from infer.evaluate.fidelity import FIDELITY_METRICS, LOWER_IS_BETTER, fidelity_metrics
 from infer.evaluate.lpips import LINEAR_FILE, TRUNK_FILE, LPIPS, load_lpips
+from infer.evaluate.report import markdown_table
 from infer.evaluate.scoring import load_volume, prediction_file
 from infer.evaluate.statistics import (bootstrap_ci, correlations, paired_wilcoxon, smallest_wilcoxon_p,
                                        utility_ratio)
@@ -432,6 +433,12 @@ def score_run(cases: Sequence[Case], task: TaskSpec, synthesis_of: Callable[[Cas
     return rows
 
 
+def result_folder(cfg: BenchmarkConfig, name: str) -> Path:
+    """`<output>/results/<name>/`: a run's inputs, predictions and `result.json` (name `<family>-<regime>`, or
+    `copy-input` for the baseline)."""
+    return Path(cfg.output) / "results" / name
+
+
 def stored_result(stored: Path, lpips: LPIPS | None) -> dict[str, Any] | None:
     """The run result stored at `stored` when it was scored with the same LPIPS availability, else None."""
     if not stored.is_file():
@@ -444,7 +451,7 @@ def benchmark_run(cfg: BenchmarkConfig, base: Path, family: str, regime: str, ta
                   lpips: LPIPS | None, downstream: Downstream | None, resume: bool) -> dict[str, Any]:
     """One (family, regime): trained, run and scored, or read back from its `result.json` when it finished
     before with the same LPIPS availability. Status "not configured" when the family has no config for it."""
-    folder = Path(cfg.output) / "results" / f"{family}-{regime}"
+    folder = result_folder(cfg, f"{family}-{regime}")
     stored = folder / "result.json"
     result = stored_result(stored, lpips) if resume else None
     if result is not None:
@@ -466,7 +473,7 @@ def baseline_run(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], lp
                  downstream: Downstream | None, resume: bool) -> dict[str, Any]:
     """The copy baseline scored as a run (family `BASELINE`, nothing trained), or read back as `benchmark_run`
     does."""
-    stored = Path(cfg.output) / "results" / "copy-input" / "result.json"
+    stored = result_folder(cfg, "copy-input") / "result.json"
     result = stored_result(stored, lpips) if resume else None
     if result is not None:
         return result
@@ -580,13 +587,12 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
                   "modalities and reference labels).", ""]
     header = ["family", "regime", "trained", "params", "train (min)", "s / case", "SSIM", "PSNR (dB)", "MAE", "LPIPS",
               "Dice WT", "NSD2mm WT", "HD95 WT (mm)", "utility Dice", "utility NSD2mm"]
-    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        cells = [row["family"], regime_label(row["regime"]), row["trained"], f"{row['parameters'] / 1e6:.3g} M",
-                 f"{row['train_seconds'] / 60:.1f}", f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2), _ci(row, "mae"),
-                 _ci(row, "lpips"), *(_ci(row, m, 2 if m.startswith("hd95") else 3) for m in REPORT_DOWNSTREAM),
-                 _ci(row, "utility_dice"), _ci(row, "utility_nsd2mm")]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += markdown_table(header, [
+        [row["family"], regime_label(row["regime"]), row["trained"], f"{row['parameters'] / 1e6:.3g} M",
+         f"{row['train_seconds'] / 60:.1f}", f"{row['seconds_per_case']:.1f}", _ci(row, "ssim"), _ci(row, "psnr", 2),
+         _ci(row, "mae"), _ci(row, "lpips"),
+         *(_ci(row, m, 2 if m.startswith("hd95") else 3) for m in REPORT_DOWNSTREAM),
+         _ci(row, "utility_dice"), _ci(row, "utility_nsd2mm")] for row in rows])
     skipped = [f"{r['family']} {regime_label(r['regime'])}" for r in results if r["status"] == NOT_CONFIGURED]
     if skipped:
         lines += ["", f"Not run (no config for the regime in the benchmark config): {', '.join(skipped)}."]
@@ -651,7 +657,7 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path, downstream: bool) -> N
 
 def finished_run(cfg: BenchmarkConfig, family: str, regime: str) -> dict[str, Any]:
     """A run's stored result, or status `NOT_YET` when it has not finished."""
-    stored = Path(cfg.output) / "results" / f"{family}-{regime}" / "result.json"
+    stored = result_folder(cfg, f"{family}-{regime}") / "result.json"
     if stored.is_file():
         return json.loads(stored.read_text())
     return {"family": family, "regime": regime, "status": NOT_YET, "cases": []}

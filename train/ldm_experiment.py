@@ -30,11 +30,12 @@ import torch
 from infer.augment import RECORD_FILE, augment, generate, load_generator, pair_seed, read_pairs
 from infer.engine.cases import read_split
 from infer.evaluate.generative import main as evaluate_generative, real_pairs
+from infer.evaluate.report import markdown_table
 from models.checkpoint import CONFIG_FILE, CheckpointError, read_config
 from train.__main__ import fit_family
-from train.config import ConfigError, config_data
+from train.config import ConfigError, config_data, from_dict
 from train.distributed import pick_device
-from train.families.ldm import autoencoder_folder
+from train.families.ldm import LDMTrainingConfig, bundle_entry, bundle_folder, run_folder
 from train.state import STATE_FILE
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -63,7 +64,7 @@ class Experiment:
 
     @property
     def bundle(self) -> Path:
-        return self.output / "bundle"
+        return bundle_folder(self.downstream_config(0))
 
     @property
     def synthetic(self) -> Path:
@@ -72,7 +73,12 @@ class Experiment:
     @property
     def device(self) -> torch.device:
         """The downstream config's run.device, resolved."""
-        return pick_device(self.stage(self.downstream)["run"].get("device", "auto"), 0)
+        return pick_device(self.downstream_config(0).run.device, 0)
+
+    def downstream_config(self, ratio: int) -> LDMTrainingConfig:
+        """The parsed downstream stage config for `ratio`."""
+        return from_dict(LDMTrainingConfig, self.stage(self.downstream, f"data.ratio={ratio}",
+                                                       f"data.synthetic={self.synthetic}"))
 
     def stage(self, path: Path, *overrides: str) -> dict[str, Any]:
         """A stage config with the command's overrides, `run.output` and the given ones."""
@@ -83,30 +89,31 @@ def _finished(entry: Path) -> bool:
     return (entry / CONFIG_FILE).is_file()
 
 
-def fit_stage(data: dict[str, Any], entry: Path, run: Path) -> None:
-    """Train one stage unless its checkpoint `entry` exists; continue from `run`'s state when it has one."""
+def fit_stage(data: dict[str, Any]) -> Path:
+    """Train one stage unless its bundle entry exists; continue from its run folder's state when that has one.
+    Returns the run folder."""
+    cfg = from_dict(LDMTrainingConfig, data)
+    entry, run = bundle_entry(cfg), run_folder(cfg)
     if _finished(entry):
         print(f"{entry.name}: trained before, reused", file=sys.stderr)
-        return
+        return run
     resume = (run / STATE_FILE).is_file()
     print(f"{entry.name}: {'continuing' if resume else 'training'} ({run})", file=sys.stderr)
     fit_family(data, resume=resume)
+    return run
 
 
 def train_generators(exp: Experiment) -> None:
     """Step 1: every domain's autoencoder, then its LDM."""
     for domain in dict.fromkeys(d for mode in exp.modes for d in MODE_DOMAINS[mode]):
-        fit_stage(exp.stage(exp.autoencoder, f"data.domain={domain}"), exp.bundle / autoencoder_folder(domain),
-                  exp.output / f"{domain}-autoencoder")
-        fit_stage(exp.stage(exp.diffusion, f"data.domain={domain}"), exp.bundle / domain,
-                  exp.output / f"{domain}-diffusion")
+        fit_stage(exp.stage(exp.autoencoder, f"data.domain={domain}"))
+        fit_stage(exp.stage(exp.diffusion, f"data.domain={domain}"))
 
 
 def fit_downstream_run(exp: Experiment, ratio: int) -> dict[str, Any]:
     """Steps 2 and 4 for one R: the validation scores of its segmenter."""
-    fit_stage(exp.stage(exp.downstream, f"data.ratio={ratio}", f"data.synthetic={exp.synthetic}"),
-              exp.bundle / f"segmenter-R{ratio}", exp.output / f"downstream-R{ratio}")
-    return json.loads((exp.output / f"downstream-R{ratio}" / "validation.json").read_text())
+    run = fit_stage(exp.downstream_config(ratio).to_dict())
+    return json.loads((run / "validation.json").read_text())
 
 
 def synthetic_pairs(exp: Experiment, count: int) -> dict[str, Any]:
@@ -132,12 +139,12 @@ def evaluate_mode(exp: Experiment, mode: str) -> dict[str, Any]:
     """Step 5 for one mode (stored in `generative-<mode>.json` and reused)."""
     path = exp.output / f"generative-{mode}.json"
     if not path.is_file():
-        data = exp.stage(exp.downstream)["data"]
-        if not data.get("split") or not data.get("roots"):
+        cfg = exp.downstream_config(0)
+        if not cfg.data.split or not cfg.data.roots:
             raise ConfigError(f"{exp.downstream}: data.roots and data.split name the real validation cases")
-        argv = ["--weights", str(exp.bundle), "--real", str(data["roots"][0]), "--split", str(data["split"]),
+        argv = ["--weights", str(exp.bundle), "--real", str(cfg.data.roots[0]), "--split", str(cfg.data.split),
                 "--mode", mode, "--count", str(exp.count), "--steps", str(exp.steps), "--guidance",
-                str(exp.guidance), "--seed", str(exp.seed), "--segmenter", str(exp.bundle / "segmenter-R0"),
+                str(exp.guidance), "--seed", str(exp.seed), "--segmenter", str(bundle_entry(cfg)),
                 "--output", str(path), "--device", str(exp.device)]
         if exp.features:
             argv += ["--features", exp.features]
@@ -179,12 +186,11 @@ def pairs_picture(rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: P
 def picture_rows(exp: Experiment) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Evenly spaced real validation pairs, the first synthetic two-step pairs and, for the one-step mode,
     as many of its pairs (seeds as the evaluation's)."""
-    data = exp.stage(exp.downstream)["data"]
+    data = exp.downstream_config(0).data
     generator = load_generator(exp.bundle, exp.modes[0], exp.device)
     lead = generator.image or generator.joint
-    images, masks = real_pairs(data["roots"][0], read_split(data["split"])[1], generator.modality,
-                               lead.denoiser.meta.normalization[generator.modality], generator.size,
-                               data.get("region", "WT"))
+    images, masks = real_pairs(data.roots[0], read_split(data.split)[1], generator.modality,
+                               lead.denoiser.meta.normalization[generator.modality], generator.size, data.region)
     pick = torch.linspace(0, len(images) - 1, PICTURE_PAIRS).long()
     rows = {"real (validation)": (images[pick], masks[pick])}
     if (exp.synthetic / RECORD_FILE).is_file():
@@ -202,11 +208,6 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
-
-
 def training_table(bundle: Path) -> list[str]:
     """Each bundled network: steps, training minutes, parameters' size on disk."""
     rows = []
@@ -218,7 +219,7 @@ def training_table(bundle: Path) -> list[str]:
         size = sum(f.stat().st_size for f in entry.iterdir()) / 2 ** 20
         rows.append([entry.name, prov.get("steps", "?"), _num(prov.get("time", {}).get("train_seconds", 0) / 60, 1),
                      f"{size:.1f}"])
-    return _table(["network", "steps", "training (min)", "size (MB)"], rows)
+    return markdown_table(["network", "steps", "training (min)", "size (MB)"], rows)
 
 
 def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, Any]],
@@ -245,8 +246,8 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
             rows.append([f"{mode}: image LDM on real masks", _num(own.get("dice")), _num(own.get("chance_dice")),
                          _num(own.get("hd95"), 1), _num(own.get("chance_hd95"), 1), "", "", own.get("empty"), "",
                          ""])
-    lines += _table(["mode", "Dice", "chance Dice", "HD95", "chance HD95", "real Dice", "real HD95", "empty",
-                     "FID", "KID"], rows)
+    lines += markdown_table(["mode", "Dice", "chance Dice", "HD95", "chance HD95", "real Dice", "real HD95", "empty",
+                             "FID", "KID"], rows)
     lines += ["", "Size-shape relation (Tables 3-4): median tumour size (share of the slice) and ESD, Wilcoxon "
               "rank-sum p against the real masks; log ESD = b0 + b1 log size, t-test p of equal slopes.", ""]
     rows = []
@@ -259,15 +260,15 @@ def report(exp: Experiment, command: str, generative: Mapping[str, Mapping[str, 
                      _num(ss["size"]["p"]), f"{ss['esd']['real_median']:.1f} / {ss['esd']['generated_median']:.1f}",
                      _num(ss["esd"]["p"]), _num(ss["real_fit"]["beta1"]), _num(ss["generated_fit"]["beta1"]),
                      _num(ss["slope_p"])])
-    lines += _table(["mode", "size real / generated", "p", "ESD real / generated", "p", "b1 real", "b1 generated",
-                     "slope p"], rows)
+    lines += markdown_table(["mode", "size real / generated", "p", "ESD real / generated", "p", "b1 real",
+                             "b1 generated", "slope p"], rows)
     lines += ["", "![real and generated pairs](pairs.png)", "", "## Downstream segmentation", "",
               "A FLAIR-only two-class slice segmenter trained on the real training slices plus R x as many "
               "two-step synthetic pairs, scored on the validation cases' tumour slices (mean Dice and HD95 in mm "
               "per slice).", ""]
-    lines += _table(["R", "real slices", "synthetic slices", "validation slices", "Dice", "HD95"],
-                    [[d["ratio"], d["real_slices"], d["synthetic_slices"], d["validation_slices"], _num(d["dice"]),
-                      _num(d["hd95"], 2)] for d in downstream])
+    lines += markdown_table(["R", "real slices", "synthetic slices", "validation slices", "Dice", "HD95"],
+                            [[d["ratio"], d["real_slices"], d["synthetic_slices"], d["validation_slices"],
+                              _num(d["dice"]), _num(d["hd95"], 2)] for d in downstream])
     return "\n".join(lines) + "\n"
 
 

@@ -156,13 +156,12 @@ def morphological_fidelity(conditioning: torch.Tensor, predicted: torch.Tensor, 
     pred = predicted[:, 0].numpy() > 0.5
     kept = cond.reshape(len(cond), -1).any(axis=1)
     cond, pred = cond[kept], pred[kept]
+    counts = {"pairs": len(cond), "empty": int((~kept).sum())}
     if len(cond) < 2:
-        return {"note": f"{NOT_COMPUTED}: fewer than two non-empty conditioning masks", "pairs": len(cond),
-                "empty": int((~kept).sum())}
+        return {"note": f"{NOT_COMPUTED}: fewer than two non-empty conditioning masks", **counts}
     matched = _mean_scores(pred, cond, spacing)
     chance = _mean_scores(pred, cond[derangement(len(cond), seed)], spacing)
-    return {**matched, "chance_dice": chance["dice"], "chance_hd95": chance["hd95"], "pairs": len(cond),
-            "empty": int((~kept).sum())}
+    return {**matched, "chance_dice": chance["dice"], "chance_hd95": chance["hd95"], **counts}
 
 
 # ------------------------------------------------------------------------------------------------ size-shape
@@ -185,11 +184,16 @@ def energy_spectral_distance(mask: np.ndarray) -> float:
     return float(np.mean(np.abs(np.fft.fft(np.abs(d - d.mean()))) ** 2))
 
 
-def size_shape_fit(masks: Sequence[np.ndarray]) -> dict[str, float]:
-    """The least-squares fit log ESD = b0 + b1 log size over non-empty masks: b0, b1, the standard error of b1
-    and the number of masks."""
-    pairs = [(tumour_size(m), energy_spectral_distance(m)) for m in masks]
-    size, esd = np.array([p for p in pairs if p[0] > 0 and p[1] > 0]).T
+def size_and_esd(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour size and ESD of each non-empty mask (ESD NaN where the boundary has fewer than 3 pixels)."""
+    kept = [m for m in masks if m.any()]
+    return np.array([tumour_size(m) for m in kept]), np.array([energy_spectral_distance(m) for m in kept])
+
+
+def size_shape_fit(size: np.ndarray, esd: np.ndarray) -> dict[str, float]:
+    """The least-squares fit log ESD = b0 + b1 log size over the masks with a positive ESD (`size_and_esd`): b0,
+    b1, the standard error of b1 and the number of masks."""
+    size, esd = size[esd > 0], esd[esd > 0]
     (b1, b0), cov = np.polyfit(np.log(size), np.log(esd), 1, cov=True)
     return {"beta0": float(b0), "beta1": float(b1), "beta1_se": float(math.sqrt(cov[0, 0])), "n": len(size)}
 
@@ -197,19 +201,17 @@ def size_shape_fit(masks: Sequence[np.ndarray]) -> dict[str, float]:
 def compare_size_shape(real: Sequence[np.ndarray], generated: Sequence[np.ndarray]) -> dict[str, object]:
     """Median size and ESD of each set with Wilcoxon rank-sum p-values, both fits, and the two-sided t-test
     p-value of equal slopes; a note instead when either set has fewer than `MIN_SHAPES` masks with a boundary."""
-    counts = [sum(1 for m in masks if tumour_size(m) > 0 and energy_spectral_distance(m) > 0)
-              for masks in (real, generated)]
-    if min(counts) < MIN_SHAPES:
-        return {"note": f"not computed: {counts[0]} real and {counts[1]} generated masks with a boundary "
-                        f"(at least {MIN_SHAPES} each needed)"}
+    sets = {"real": size_and_esd(real), "generated": size_and_esd(generated)}
+    counts = {name: int((esd > 0).sum()) for name, (_, esd) in sets.items()}
+    if min(counts.values()) < MIN_SHAPES:
+        return {"note": f"{NOT_COMPUTED}: {counts['real']} real and {counts['generated']} generated masks with a "
+                        f"boundary (at least {MIN_SHAPES} each needed)"}
     out: dict[str, object] = {}
-    for name, fn in (("size", tumour_size), ("esd", energy_spectral_distance)):
-        r = np.array([fn(m) for m in real if m.any()])
-        g = np.array([fn(m) for m in generated if m.any()])
-        r, g = r[np.isfinite(r)], g[np.isfinite(g)]
+    for k, name in enumerate(("size", "esd")):
+        r, g = (values[k][np.isfinite(values[k])] for values in sets.values())
         out[name] = {"real_median": float(np.median(r)), "generated_median": float(np.median(g)),
                      "p": float(stats.ranksums(r, g).pvalue)}
-    fit_r, fit_g = size_shape_fit(real), size_shape_fit(generated)
+    fit_r, fit_g = (size_shape_fit(*values) for values in sets.values())
     t = (fit_r["beta1"] - fit_g["beta1"]) / math.hypot(fit_r["beta1_se"], fit_g["beta1_se"])
     dof = fit_r["n"] + fit_g["n"] - 4
     return {**out, "real_fit": fit_r, "generated_fit": fit_g, "slope_p": float(2 * stats.t.sf(abs(t), dof))}

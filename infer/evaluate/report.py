@@ -32,6 +32,14 @@ RANK_METRIC = "ssim_brain"
 _Block = tuple[str, object]
 
 
+def markdown_table(head: Sequence[object], rows: Sequence[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown table (cells as text, "|" escaped)."""
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [line(head), "|" + " --- |" * len(head), *(line(r) for r in rows)]
+
+
 def _plt():
     import matplotlib
 
@@ -166,10 +174,7 @@ def _render_md(blocks: Sequence[_Block]) -> str:
             out.append(f"![{alt}]({src})\n")
         elif kind == "table":
             head, rows = content  # type: ignore[misc]
-            esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
-            out.append("| " + " | ".join(head) + " |")
-            out.append("|" + "---|" * len(head))
-            out.extend("| " + " | ".join(r) + " |" for r in esc)
+            out.extend(markdown_table(head, rows))
             out.append("")
     return "\n".join(out)
 

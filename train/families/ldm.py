@@ -85,6 +85,15 @@ def autoencoder_folder(domain: str) -> str:
     return f"{domain}-autoencoder"
 
 
+def bundle_entry(cfg: LDMTrainingConfig) -> Path:
+    """The checkpoint folder this stage writes into the bundle: `<domain>-autoencoder`, `<domain>` (the LDM) or
+    `segmenter-R<ratio>`."""
+    if cfg.model.stage == "downstream":
+        return bundle_folder(cfg) / f"segmenter-R{cfg.data.ratio}"
+    domain = cfg.data.domain
+    return bundle_folder(cfg) / (autoencoder_folder(domain) if cfg.model.stage == "autoencoder" else domain)
+
+
 @dataclass
 class LDMData:
     """roots, task, normalization, stats, split, val_cases, val_fraction, split_seed, require_seg: as in
@@ -426,8 +435,7 @@ def fit_ldm(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int | None
     if cfg.model.stage == "downstream":
         return fit_downstream(cfg, resume, stop_after)
     clock = TrainingClock(now())
-    domain, bundle = cfg.data.domain, bundle_folder(cfg)
-    final = bundle / (autoencoder_folder(domain) if cfg.model.stage == "autoencoder" else domain)
+    domain, bundle, final = cfg.data.domain, bundle_folder(cfg), bundle_entry(cfg)
     if final.exists():
         raise FileExistsError(f"{final} exists already; choose another run.bundle")
     out = run_folder(cfg)
@@ -542,8 +550,7 @@ def fit_downstream(cfg: LDMTrainingConfig, resume: bool = False, stop_after: int
     plus R x as many synthetic pairs, then scored on the validation cases' tumour slices (mean Dice and HD95 per
     slice, `validation.json` in the run folder). Writes `<bundle>/segmenter-R<R>`."""
     clock = TrainingClock(now())
-    out, bundle = run_folder(cfg), bundle_folder(cfg)
-    final = bundle / f"segmenter-R{cfg.data.ratio}"
+    out, final = run_folder(cfg), bundle_entry(cfg)
     if final.exists():
         raise FileExistsError(f"{final} exists already; choose another run.bundle")
     if not resume and (out / "state.pt").exists():
