@@ -29,6 +29,7 @@ from infer import cli
 from infer.evaluate.baselines import BASELINES
 from infer.engine.cases import CaseFiles, case_naming, discover_cases, read_split
 from infer.evaluate.downstream import REAL, Segmenter, downstream_source
+from infer.evaluate.report import markdown_table
 from infer.evaluate.scoring import (CSV_COLUMNS, PREDICTION, baseline_source, evaluate, load_volume, prediction_file,
                             summarize, write_csv)
 from infer.engine.intensity import background_vote, foreground
@@ -122,9 +123,7 @@ def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]
     for group, names in groups.items():
         sel = [r for r in rows if r["case"] in names]
         summary = {(s["source"], s["modality"], s["metric"]): s["mean"] for s in summarize(sel, TABLE_METRICS)}
-        out += [f"{group} ({len(names)} case{'s' * (len(names) != 1)}: {', '.join(names)})", "",
-                "| missing | source | SSIM healthy | SSIM tumour | brain SSIM | PSNR (dB) | MAE | brain voxels = 0 "
-                "| far above range |", "|" + " --- |" * 9]
+        table = []
         for modality in BRATS_MODALITIES:
             for source, label in sources:
                 cells = [_cell(summary.get((source, modality, m)), m) for m in TABLE_METRICS]
@@ -132,8 +131,11 @@ def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]
                 if source == PREDICTION:
                     counts = [str(sum(int(r[k]) for r in sel if r["source"] == source and r["modality"] == modality
                                       and r["status"] == "ok")) for k in SANITY]
-                out.append(f"| {modality} | {label} | " + " | ".join(cells + counts) + " |")
-        out.append("")
+                table.append([modality, label, *cells, *counts])
+        head = ["missing", "source", "SSIM healthy", "SSIM tumour", "brain SSIM", "PSNR (dB)", "MAE",
+                "brain voxels = 0", "far above range"]
+        out += [f"{group} ({len(names)} case{'s' * (len(names) != 1)}: {', '.join(names)})", "",
+                *markdown_table(head, table), ""]
     return "\n".join(out)
 
 
@@ -147,13 +149,11 @@ def downstream_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str
         summary = {(s["source"], s["modality"], s["metric"]): s["mean"] for s in summarize(sel, SEG_TABLE)}
         if not summary:
             continue
+        table = [[modality, label, *(_cell(summary.get((downstream_source(source), modality, m)), m)
+                                     for m in SEG_TABLE)]
+                 for modality in BRATS_MODALITIES for source, label in sources]
         out += [f"{group}: segmentation of the completed cases", "",
-                "| missing | completed by | " + " | ".join(SEG_TABLE) + " |", "|" + " --- |" * (len(SEG_TABLE) + 2)]
-        for modality in BRATS_MODALITIES:
-            for source, label in sources:
-                cells = [_cell(summary.get((downstream_source(source), modality, m)), m) for m in SEG_TABLE]
-                out.append(f"| {modality} | {label} | " + " | ".join(cells) + " |")
-        out.append("")
+                *markdown_table(["missing", "completed by", *SEG_TABLE], table), ""]
     return "\n".join(out)
 
 

@@ -125,6 +125,14 @@ def test_context_slices_views_and_random_subsets(common, tmp_path):
     assert all(math.isfinite(float(r["g_total"])) for r in read_csv(out / "log.csv"))
 
 
+def test_weighted_targets_take_one_optimizer_step_each(common, tmp_path):
+    out = tmp_path / "t1c-weighted"
+    fit(tiny(common, out, "train.targets=[t1c, t1c, t2f]", "train.batch_size=2", "train.max_steps=2"))
+    assert load_model(out / "generator").meta.provenance["optimizer_steps"] == 2 * 3
+    with pytest.raises(ConfigError, match="train.targets"):
+        fit(tiny(common, tmp_path / "bad", "train.targets=[t1ce]", "train.max_steps=1"))
+
+
 def _ddp_worker(rank: int, cfg, port: int, folder: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))

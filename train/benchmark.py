@@ -604,17 +604,18 @@ def report(cfg: BenchmarkConfig, task: TaskSpec, cases: Sequence[Case], results:
               f"least p-value the exact test can give is {smallest_wilcoxon_p(n):.3g}"
               + (", so no difference can be significant at 0.05: read these as descriptive."
                  if smallest_wilcoxon_p(n) >= 0.05 else "; with so few cases the tests have little power."), "",
-              "| family | regime | " + " | ".join(tested) + " |", "|" + " --- |" * (len(tested) + 2)]
-    for row in rows:
-        cells = ["best" if f"{m}_p" in row and row[f"{m}_p"] is None else _fmt(row.get(f"{m}_p")) for m in tested]
-        lines.append(f"| {row['family']} | {regime_label(row['regime'])} | " + " | ".join(cells) + " |")
+              *markdown_table(["family", "regime", *tested],
+                              [[row["family"], regime_label(row["regime"]),
+                                *("best" if f"{m}_p" in row and row[f"{m}_p"] is None else _fmt(row.get(f"{m}_p"))
+                                  for m in tested)] for row in rows])]
     if downstream:
         lines += ["", "## Fidelity against downstream utility, across trained models", "",
                   "Runs that share their training stages (e.g. one full-3D generator for several families) count "
-                  "once.", "", "| metric | utility | models | Pearson r (p) | Spearman rho (p) |", "|" + " --- |" * 5]
-        for c in metric_correlations(rows):
-            lines.append(f"| {c['metric']} | {c['utility']} | {c['n']} | {_fmt(c['pearson_r'])} "
-                         f"({_fmt(c['pearson_p'])}) | {_fmt(c['spearman_rho'])} ({_fmt(c['spearman_p'])}) |")
+                  "once.", "",
+                  *markdown_table(["metric", "utility", "models", "Pearson r (p)", "Spearman rho (p)"],
+                                  [[c["metric"], c["utility"], c["n"], f"{_fmt(c['pearson_r'])} ({_fmt(c['pearson_p'])})",
+                                    f"{_fmt(c['spearman_rho'])} ({_fmt(c['spearman_p'])})"]
+                                   for c in metric_correlations(rows)])]
     lines += ["", "Plots: fidelity.png" + (", utility.png" if downstream else "") + "."]
     return "\n".join(lines) + "\n"
 

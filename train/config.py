@@ -127,13 +127,16 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     """Run length and numerics. max_steps (batches) overrides epochs when set. random_subsets: each sample
-    gets a random non-empty subset of the other modalities instead of all three."""
+    gets a random non-empty subset of the other modalities instead of all three. targets: the modalities each
+    batch trains as the target, one optimizer step each; a name given twice gets two steps per batch, which
+    weights that target (None = every target modality of the task once)."""
 
     batch_size: int = 16
     epochs: int = 10
     max_steps: int | None = None
     seed: int = 0
     random_subsets: bool = False
+    targets: list[str] | None = None
     amp: bool = True
     compile: bool = False
     channels_last: bool = False

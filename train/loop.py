@@ -92,6 +92,18 @@ def check_validation(cfg: Config) -> None:
                           "generator trained on crops; set run.validate_every=0 or data.crop=null")
 
 
+def trained_targets(names: list[str] | None, task: TaskSpec) -> tuple[str, ...]:
+    """The target modality of each optimizer step of a batch: `names` (repeats weight a target) or the task's
+    target modalities once each."""
+    if names is None:
+        return task.target_modalities
+    unknown = sorted(set(names) - set(task.target_modalities))
+    if not names or unknown:
+        raise ConfigError(f"train.targets must name modalities task {task.name} can synthesise "
+                          f"({', '.join(task.target_modalities)}); got {names}")
+    return tuple(names)
+
+
 class GanRun:
     """State and side effects of one GAN training run; `fit()` drives it."""
 
@@ -110,8 +122,10 @@ class GanRun:
             self._init_generator(cfg.model.init, gen_kind)
         self.discriminator = discriminator(disc_cfg).to(device)
         self.pix2pix = cfg.model.family == "pix2pix"
+        if self.pix2pix and cfg.train.targets is not None:
+            raise ConfigError("train.targets: model.family pix2pix trains its task's one default target")
         task = self.data.task
-        self.targets = [task.modalities.index(m) for m in task.target_modalities]
+        self.targets = [task.modalities.index(m) for m in trained_targets(cfg.train.targets, task)]
         self.inputs = torch.tensor([m in task.input_modalities for m in task.modalities])
         self.steps_per_batch = 1 if self.pix2pix else len(self.targets)  # optimizer steps
         if cfg.train.channels_last:
