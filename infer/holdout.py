@@ -36,8 +36,9 @@ from infer.engine.intensity import background_vote, foreground
 from infer.engine.precision import PRECISIONS
 from conventions.tasks import BRASYN, BRATS_MODALITIES
 
-TABLE_METRICS: tuple[str, ...] = ("ssim_healthy", "ssim_tumour", "ssim_brain", "psnr", "mae")
-SANITY: tuple[str, ...] = ("brain_zeros", "far_above")
+TABLE_METRICS: dict[str, str] = {"ssim_healthy": "SSIM healthy", "ssim_tumour": "SSIM tumour",
+                                  "ssim_brain": "brain SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}  # column: header
+SANITY: dict[str, str] = {"brain_zeros": "brain voxels = 0", "far_above": "far above range"}
 SEG_TABLE: tuple[str, ...] = ("dice_ET", "dice_TC", "dice_WT", "nsd_WT", "nsd2mm_WT", "hd95_ET", "hd95_TC", "hd95_WT")
 
 
@@ -122,7 +123,8 @@ def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]
     out = []
     for group, names in groups.items():
         sel = [r for r in rows if r["case"] in names]
-        summary = {(s["source"], s["modality"], s["metric"]): s["mean"] for s in summarize(sel, TABLE_METRICS)}
+        summary = {(s["source"], s["modality"], s["metric"]): s["mean"]
+                   for s in summarize(sel, tuple(TABLE_METRICS))}
         table = []
         for modality in BRATS_MODALITIES:
             for source, label in sources:
@@ -132,10 +134,8 @@ def markdown_tables(rows: Sequence[Mapping], groups: Mapping[str, Sequence[str]]
                     counts = [str(sum(int(r[k]) for r in sel if r["source"] == source and r["modality"] == modality
                                       and r["status"] == "ok")) for k in SANITY]
                 table.append([modality, label, *cells, *counts])
-        head = ["missing", "source", "SSIM healthy", "SSIM tumour", "brain SSIM", "PSNR (dB)", "MAE",
-                "brain voxels = 0", "far above range"]
         out += [f"{group} ({len(names)} case{'s' * (len(names) != 1)}: {', '.join(names)})", "",
-                *markdown_table(head, table), ""]
+                *markdown_table(["missing", "source", *TABLE_METRICS.values(), *SANITY.values()], table), ""]
     return "\n".join(out)
 
 
