@@ -8,6 +8,7 @@ deliberately retrained; then say so in the commit.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +28,15 @@ arithmetic."""
 
 ROUNDING = 1e-6
 """Largest gap allowed in a float output, as a fraction of the recorded output's largest magnitude."""
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+RECORDED_FROM = {"brasyn_t2f": WEIGHTS / "brasyn" / "model.safetensors",
+                 "segment": WEIGHTS / "segment" / "model.safetensors"}
+"""The bundled weights each recorded output comes from; the reference keeps their SHA-256 beside the outputs."""
+
+
+def weights_digest(path: Path) -> np.ndarray:
+    """SHA-256 of a weights file, as an array the reference file can hold."""
+    return np.frombuffer(hashlib.sha256(path.read_bytes()).digest(), dtype=np.uint8)
 
 
 def crop_case(source: Path, destination: Path, box: tuple[slice, ...]) -> Path:
@@ -64,7 +74,8 @@ def bundled_outputs(work: Path, brats18: Path) -> dict[str, np.ndarray]:
 def test_bundled_outputs_unchanged(tmp_path, brats18_data, request):
     outputs = bundled_outputs(tmp_path, brats18_data)
     if request.config.getoption("--record-reference"):
-        np.savez_compressed(REFERENCE, **outputs)
+        digests = {f"{name}_weights_sha256": weights_digest(path) for name, path in RECORDED_FROM.items()}
+        np.savez_compressed(REFERENCE, **outputs, **digests)
         pytest.skip(f"recorded {REFERENCE}")
     reference = np.load(REFERENCE)
     for name, output in outputs.items():
@@ -74,3 +85,12 @@ def test_bundled_outputs_unchanged(tmp_path, brats18_data, request):
         gap = np.abs(output.astype(np.float64) - expected)
         differ = int(np.count_nonzero(gap > tolerance))
         assert differ == 0, f"{name}: {differ} voxels differ from the recorded output, by up to {gap.max():.3g}"
+
+
+def test_reference_recorded_from_the_bundled_weights():
+    """Fails fast, without running a model, when bundled weights were retrained but the reference was not."""
+    reference = np.load(REFERENCE)
+    for name, path in RECORDED_FROM.items():
+        assert np.array_equal(reference[f"{name}_weights_sha256"], weights_digest(path)), (
+            f"{path} is not the file {REFERENCE.name} was recorded from: after deliberately retraining it, "
+            "re-record with python -m pytest tests/test_reference_outputs.py --record-reference")
