@@ -15,7 +15,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conventions.tasks import BRASYN, SEGMENT
 from infer import cli, segment
+from models.checkpoint import WEIGHTS_FILE
 
 REFERENCE = Path(__file__).parent / "data" / "reference-outputs.npz"
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "brasyn" / "BraTS-GLI-00001-000"
@@ -28,9 +30,8 @@ arithmetic."""
 
 ROUNDING = 1e-6
 """Largest gap allowed in a float output, as a fraction of the recorded output's largest magnitude."""
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-RECORDED_FROM = {"brasyn_t2f": WEIGHTS / "brasyn" / "model.safetensors",
-                 "segment": WEIGHTS / "segment" / "model.safetensors"}
+RECORDED_FROM = {"brasyn_t2f": cli.default_weights(BRASYN) / WEIGHTS_FILE,
+                 "segment": cli.default_weights(SEGMENT) / WEIGHTS_FILE}
 """The bundled weights each recorded output comes from; the reference keeps their SHA-256 beside the outputs."""
 
 
