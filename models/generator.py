@@ -110,7 +110,7 @@ class DetailHead(nn.Module):
         self.net = nn.Sequential(*layers, last)
 
     def forward(self, x: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        onehot = nn.functional.one_hot(target, self.num_targets).to(x.dtype)[:, :, None, None]
+        onehot = nn.functional.one_hot(target.long(), self.num_targets).to(x.dtype)[:, :, None, None]
         planes = onehot.expand(-1, -1, *x.shape[2:])
         return coarse + self.net(torch.cat((x, coarse.to(x.dtype), planes), dim=1))
 

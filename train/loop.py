@@ -172,7 +172,7 @@ class GanRun:
         expected = replace(self.gen_cfg, detail_head=0) if adds_head else self.gen_cfg
         if source.config != expected:
             raise ConfigError(f"model.init: {path} holds another architecture ({source.config}) than the run's "
-                              f"({self.gen_cfg})")
+                              f"({expected})")
         self.generator.load_state_dict(source.state_dict(), strict=not adds_head)
 
     def _make_update(self) -> GanUpdate | Pix2PixUpdate:
