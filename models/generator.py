@@ -3,11 +3,6 @@
 Early-fusion encoder on all inputs + one encoder per modality (one grouped convolution), channel-attention
 fusion at the bottleneck, skip aggregation, modality infuser (transformer), decoder with a linear output.
 
-Optional (`detail_head` > 0, not in the published model): a full-resolution residual head that sees the
-(masked) inputs, the decoder's output and the target, and adds a correction to that output. The decoder starts
-from level 1 (half resolution), so without it the finest detail of the inputs never reaches the output; the
-head's last convolution starts at zero, so adding it to a trained generator leaves the output unchanged.
-
 Availability rule, identical in training and inference: the early-fusion encoder contributes (with weight one,
 to the skips and to both fusion paths) only when more than one modality is available; the modality encoders
 contribute their mean over the available modalities. Missing channels are overwritten with `fill_value` first,
@@ -49,7 +44,6 @@ class GeneratorConfig:
     dropout: float = 0.0
     fill_value: float = -1.0
     fusion_gate: str = "channel"
-    detail_head: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dim_mults", tuple(self.dim_mults))
@@ -57,8 +51,6 @@ class GeneratorConfig:
             raise ValueError(f"fusion_gate must be one of {FUSION_GATES}, got {self.fusion_gate!r}")
         if self.mlp_activation not in ACTIVATIONS:
             raise ValueError(f"mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {self.mlp_activation!r}")
-        if self.detail_head < 0:
-            raise ValueError(f"detail_head is a width (0 = none), got {self.detail_head}")
         if self.num_modalities < 2:
             raise ValueError("the generator needs at least two modalities")
         width = self.dim * self.dim_mults[-1]
@@ -90,31 +82,6 @@ class ChannelGate(nn.Module):
         return torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(pooled))))
 
 
-class DetailHead(nn.Module):
-    """Full-resolution residual correction: 3x3 convolutions (SiLU between) over the inputs, a coarse output and
-    the target's one-hot planes; the last convolution is zero-initialised (the head starts as the identity)."""
-
-    DEPTH = 4
-
-    def __init__(self, in_channels: int, num_targets: int, width: int) -> None:
-        super().__init__()
-        self.num_targets = num_targets
-        layers: list[nn.Module] = []
-        channels = in_channels + 1 + num_targets
-        for _ in range(self.DEPTH - 1):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.SiLU()]
-            channels = width
-        last = nn.Conv2d(width, 1, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
-
-    def forward(self, x: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        onehot = nn.functional.one_hot(target.long(), self.num_targets).to(x.dtype)[:, :, None, None]
-        planes = onehot.expand(-1, -1, *x.shape[2:])
-        return coarse + self.net(torch.cat((x, coarse.to(x.dtype), planes), dim=1))
-
-
 class HFGANGenerator(nn.Module):
     """Synthesises one target modality slice from the available ones.
 
@@ -136,7 +103,6 @@ class HFGANGenerator(nn.Module):
         self.infuser = ModalityInfuser(c, config.bottleneck_size ** 2, config.n_layers, config.num_heads,
                                        config.mlp_ratio, config.mlp_activation, config.dropout, config.num_views > 0)
         self.decoder = Decoder(config.dim, config.dim_mults, 1, config.second_block, config.norm_groups)
-        self.detail = DetailHead(in_ch, m, config.detail_head) if config.detail_head else None
 
     def _check(self, x: torch.Tensor, available: torch.Tensor) -> None:
         cfg = self.config
@@ -146,17 +112,13 @@ class HFGANGenerator(nn.Module):
         if available.shape != (x.shape[0], cfg.num_modalities):
             raise ValueError(f"availability mask must be (B, {cfg.num_modalities}), got {tuple(available.shape)}")
 
-    def _masked(self, x: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        """`x` with the channels of missing modalities overwritten by `fill_value`."""
-        self._check(x, available)
-        channel_mask = available.bool().repeat_interleave(self.config.slices_per_modality, dim=1)[:, :, None, None]
-        return torch.where(channel_mask, x, torch.full_like(x, self.config.fill_value))
-
     def encode(self, x: torch.Tensor, available: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Fused bottleneck (B, C, h, w) and the aggregated skips of levels 1..L-1."""
-        x = self._masked(x, available)
+        self._check(x, available)
         b, m = available.shape
         available = available.bool()
+        channel_mask = available.repeat_interleave(self.config.slices_per_modality, dim=1)[:, :, None, None]
+        x = torch.where(channel_mask, x, torch.full_like(x, self.config.fill_value))
 
         x_early, skips_early = self.early(x)
         x_spec, skips_spec = self.specific(x)
@@ -190,10 +152,7 @@ class HFGANGenerator(nn.Module):
                               view: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Output (B, 1, H, W) and the fused bottleneck before the infuser (used by the feature loss)."""
         z, skips = self.encode(x, available)
-        out = self.decoder(self.infuser(z, target, view), skips)
-        if self.detail is not None:
-            out = self.detail(self._masked(x, available), out, target)
-        return out, z
+        return self.decoder(self.infuser(z, target, view), skips), z
 
     def forward(self, x: torch.Tensor, available: torch.Tensor, target: torch.Tensor,
                 view: torch.Tensor | None = None) -> torch.Tensor:

@@ -203,27 +203,6 @@ def test_model_init_starts_a_run_from_a_generator_checkpoint(common, tmp_path):
         shutdown(ctx)
 
 
-def test_a_detail_head_added_to_a_generator_checkpoint_trains_alone(common, tmp_path):
-    first = fit(tiny(common, tmp_path / "first", "train.max_steps=2"))
-    source = weights(first / "generator")
-    head = ["model.generator.detail_head=4", f"model.init={first / 'generator'}"]
-    frozen = tiny(common, tmp_path / "second", *head, "model.trainable=[detail]", "train.max_steps=2")
-    fit(frozen, stop_after=1)
-    second = fit(frozen, resume=True)  # the optimizer state of the trainable parameters alone resumes
-    trained = weights(second / "generator")
-    assert set(trained) - set(source) == {k for k in trained if k.startswith("detail.")} != set()
-    for name, value in source.items():
-        torch.testing.assert_close(trained[name], value)  # the generator stayed frozen
-    assert trained["detail.net.6.weight"].abs().sum() > 0  # the head, zero at the start, learned
-    assert load_model(second / "generator").config.detail_head == 4
-    ctx = init_distributed("cpu")
-    try:
-        with pytest.raises(ConfigError, match="model.trainable"):
-            GanRun(tiny(common, tmp_path / "third", *head, "model.trainable=[head]"), ctx, resume=False)
-    finally:
-        shutdown(ctx)
-
-
 def test_training_clock_sums_the_seconds_of_resumed_segments(tmp_path):
     net = torch.nn.Linear(2, 2)
     first = TrainingClock("2026-01-01T00:00:00", origin=time.monotonic() - 5.0)  # trained 5 s so far

@@ -64,14 +64,11 @@ class ModelConfig:
     head, `train.families.hfgan`), "pix2pix" (U-Net + multi-scale PatchGAN on (inputs, output) pairs,
     `train.families.pix2pix`; the task must have exactly one target), both by the GAN loop `train.loop`, or
     "segmenter" (the slice segmenter of the Tversky loss, `train.families.segmenter`).
-    init: a generator checkpoint folder whose weights start the run (fine-tuning; same architecture, except that
-    the run may add a `detail_head` the checkpoint lacks: it starts at zero), or None.
-    trainable: the generator's submodules that train (e.g. [detail]); the others stay frozen. None = all.
+    init: a generator checkpoint folder whose weights start the run (fine-tuning; same architecture), or None.
     """
 
     family: str = "hfgan"
     init: str | None = None
-    trainable: list[str] | None = None
     generator: dict[str, Any] = field(default_factory=dict)
     discriminator: dict[str, Any] = field(default_factory=dict)
     segmenter: dict[str, Any] = field(default_factory=dict)

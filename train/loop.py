@@ -8,7 +8,6 @@ and `validation-<step>.png`, and at the end `generator/` and `discriminator/` in
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,21 +63,6 @@ def network_configs(cfg: Config, modalities: int
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from None
     return gen, disc
-
-
-def trainable_parameters(generator: torch.nn.Module, names: list[str] | None) -> list[torch.nn.Parameter]:
-    """The parameters of `generator`'s submodules `names` (all when None); every other parameter is frozen."""
-    if names is None:
-        return list(generator.parameters())
-    children = dict(generator.named_children())
-    unknown = [n for n in names if children.get(n) is None]
-    if not names or unknown:
-        raise ConfigError(f"model.trainable must name submodules of the generator ({', '.join(sorted(children))}); "
-                          f"got {names}")
-    generator.requires_grad_(False)
-    for name in names:
-        children[name].requires_grad_(True)
-    return [p for p in generator.parameters() if p.requires_grad]
 
 
 def single_target(task: TaskSpec) -> tuple[int, list[int]]:
@@ -150,8 +134,7 @@ class GanRun:
         self.global_batch = cfg.train.batch_size * ctx.world_size
         self.peak_lr = scaled_lr(cfg.optim.lr, self.global_batch, cfg.optim.reference_batch)
         betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(trainable_parameters(self.generator, cfg.model.trainable), lr=self.peak_lr,
-                                      betas=betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.peak_lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.peak_lr * cfg.optim.d_lr_factor,
                                       betas=betas)
         self.batches = ShardedBatches(len(self.data.dataset), cfg.train.batch_size, ctx.rank, ctx.world_size,
@@ -165,15 +148,12 @@ class GanRun:
         self.val_log = CsvLog(self.out / "validation.csv", self.step if resume else None) if ctx.is_main else None
 
     def _init_generator(self, path: str, kind: str) -> None:
-        """Start from the weights of the generator checkpoint at `path` (its architecture must be this run's, or
-        this run's without the detail head, which then starts at zero)."""
+        """Start from the weights of the generator checkpoint at `path` (its architecture must be this run's)."""
         source = load_model(path, kind=kind)
-        adds_head = bool(getattr(self.gen_cfg, "detail_head", 0)) and not getattr(source.config, "detail_head", 0)
-        expected = replace(self.gen_cfg, detail_head=0) if adds_head else self.gen_cfg
-        if source.config != expected:
+        if source.config != self.gen_cfg:
             raise ConfigError(f"model.init: {path} holds another architecture ({source.config}) than the run's "
-                              f"({expected})")
-        self.generator.load_state_dict(source.state_dict(), strict=not adds_head)
+                              f"({self.gen_cfg})")
+        self.generator.load_state_dict(source.state_dict())
 
     def _make_update(self) -> GanUpdate | Pix2PixUpdate:
         cfg, ctx = self.cfg, self.ctx
