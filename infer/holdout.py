@@ -4,8 +4,9 @@ through the command line's runner, and scored with `infer.evaluate.scoring` next
     python -m infer.holdout --weights weights/brasyn --data ../shared/data/brats18 \
         --split train/splits/brats18.json --extra ../shared/data/brats/BraTS-GLI-00001-000 --output runs/holdout
 
-The validation cases of `--split` (found under `--data`) form the group "validation"; each `--extra` case folder
-is a group of its own. With `--segment [--segmenter CKPT|brats:<algorithm>]` the downstream protocol
+The validation cases of `--split` (found under `--data`) form the group "validation" (`--part train`: its
+training cases, the group "train", to see how closely the model fits the cases it learned from); each `--extra`
+case folder is a group of its own. With `--segment [--segmenter CKPT|brats:<algorithm>]` the downstream protocol
 (`infer.evaluate.downstream`) runs too, and a second table per group gives the segmenter's Dice / NSD / HD95 per region
 on the real cases and on the cases completed by the model and by each baseline. Inputs are symbolic links in `OUTPUT/inputs/without-<m>/` (either naming convention, as
 the cases come), predictions go to `OUTPUT/pred/without-<m>/` with QC pictures, per-case scores to
@@ -51,19 +52,26 @@ def find_case(folder: Path) -> CaseFiles:
     return found[0]
 
 
-def validation_folders(data: Path, split: Path) -> list[Path]:
-    """The case folders of a split file's validation cases under `data`."""
-    return [data / name for name in read_split(split)[1]]
+SPLIT_PARTS: tuple[str, ...] = ("validation", "train")
+"""The parts of a split file `--part` scores: the held-out cases (the figures a model card reports) or the
+training cases (how closely the model fits the cases it learned from)."""
 
 
-def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path]) -> dict[str, list[Path]]:
-    """Group name -> case folders: "validation" (the split's validation cases under `data`), then each extra
-    case folder as a group of its own; ValueError when there is none or `split` lacks `data`."""
+def split_folders(data: Path, split: Path, part: str = "validation") -> list[Path]:
+    """The case folders of a split file's `part` ("validation" or "train") under `data`."""
+    train, validation = read_split(split)
+    return [data / name for name in (validation if part == "validation" else train)]
+
+
+def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path], part: str = "validation"
+                ) -> dict[str, list[Path]]:
+    """Group name -> case folders: `part` (the split's validation or training cases under `data`), then each
+    extra case folder as a group of its own; ValueError when there is none or `split` lacks `data`."""
     groups: dict[str, list[Path]] = {}
     if split is not None:
         if data is None:
             raise ValueError("--split needs --data")
-        groups["validation"] = validation_folders(data, split)
+        groups[part] = split_folders(data, split, part)
     for folder in extra:
         groups[folder.name] = [folder]
     if not groups:
@@ -72,15 +80,18 @@ def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path]) ->
 
 
 def add_case_arguments(p: argparse.ArgumentParser) -> None:
-    """The --data / --split / --extra arguments that `grouped_cases` reads."""
+    """The --data / --split / --part / --extra arguments that `grouped_cases` reads."""
     p.add_argument("--data", type=Path, help="folder holding the split's cases")
-    p.add_argument("--split", type=Path, help="split file; its validation cases are scored")
+    p.add_argument("--split", type=Path, help="split file; the cases of its --part are scored")
+    p.add_argument("--part", choices=SPLIT_PARTS, default="validation",
+                   help="which cases of --split: validation (held out; default) or train (seen in training: how "
+                        "closely the model fits what it learned from)")
     p.add_argument("--extra", type=Path, nargs="*", default=[], help="further complete case folders, each a group")
 
 
 def grouped_cases(args: argparse.Namespace) -> tuple[dict[str, list[Path]], list[CaseFiles]]:
     """The case groups of the `add_case_arguments` arguments and their complete cases, in group order."""
-    groups = case_groups(args.data, args.split, args.extra)
+    groups = case_groups(args.data, args.split, args.extra, args.part)
     return groups, [find_case(f) for folders in groups.values() for f in folders]
 
 
