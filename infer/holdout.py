@@ -58,9 +58,9 @@ training cases (how closely the model fits the cases it learned from)."""
 
 
 def split_folders(data: Path, split: Path, part: str = "validation") -> list[Path]:
-    """The case folders of a split file's `part` ("validation" or "train") under `data`."""
+    """The case folders of a split file's `part` ("validation" or "train") under `data`; KeyError for another."""
     train, validation = read_split(split)
-    return [data / name for name in (validation if part == "validation" else train)]
+    return [data / name for name in {"validation": validation, "train": train}[part]]
 
 
 def case_groups(data: Path | None, split: Path | None, extra: Sequence[Path], part: str = "validation"
